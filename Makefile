@@ -1,0 +1,49 @@
+# Two commands on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+TWISTD  = $(VENV)/bin/twistd
+CONFIG ?= etc/pyenvoy.yaml
+TESTS  ?= tests
+# Debian packages the tests and benchmarks drive for real.
+APT_PACKAGES = redis-server redis-tools iperf3 netcat-openbsd
+
+.PHONY: run install system-deps test trial packaging-check bench clean
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(TWISTD) -n --pidfile= pyenvoy -c $(CONFIG)
+
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# The whole suite: every server a test needs is started by tests/support
+# on 127.0.0.1 with a port the OS picks.
+test: install system-deps packaging-check trial
+
+trial: install
+	$(PY) -m twisted.trial --reporter=text $(TESTS)
+
+# `pip install .` (not editable) must still give `twistd pyenvoy`.
+packaging-check: install
+	rm -rf build/pkgcheck && $(PY) -m venv build/pkgcheck
+	build/pkgcheck/bin/pip install -q . 2>&1 | grep -v '^WARNING' || true
+	cd build && pkgcheck/bin/twistd pyenvoy --mode validate -c ../$(CONFIG)
+
+bench: install
+	$(PY) bench/tcp_proxy --quick
+
+clean:
+	rm -rf build _trial_temp* dropin.cache twisted/plugins/dropin.cache

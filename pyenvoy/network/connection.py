@@ -1,0 +1,307 @@
+"""
+A downstream connection: a Twisted protocol that owns a filter chain.
+
+Bytes read go through the read filters; bytes written by filters go
+through the write filters to the transport.  Half-close is always on (as
+Envoy's tcp_proxy enables it): the peer's FIN reaches the filters as
+C{endStream}, and C{write(..., endStream=True)} shuts our write side.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from pyenvoy.interfaces import CloseType, IFilterConnection
+from pyenvoy.network.filter_manager import FilterManager
+from pyenvoy.stream_info import StreamInfo
+
+log = Logger()
+
+#: Twisted's transports read this many bytes at a time at most and pause a
+#: registered producer once this much is buffered for writing; a smaller
+#: per_connection_buffer_limit_bytes lowers it.
+DEFAULT_TRANSPORT_BUFFER = 65536
+
+
+def peerTuple(address: Any) -> tuple[str, int] | None:
+    """
+    C{(host, port)} of a Twisted address, or C{None}.
+    """
+    host = getattr(address, "host", None)
+    port = getattr(address, "port", None)
+    if host is None or port is None:
+        return None
+    return (host, port)
+
+
+def formatAddress(address: tuple[str, int] | None) -> str:
+    """
+    C{ip:port} (C{[ip]:port} for IPv6), as Envoy prints addresses.
+    """
+    if address is None:
+        return "-"
+    host, port = address
+    if ":" in host:
+        return f"[{host}]:{port}"
+    return f"{host}:{port}"
+
+
+@implementer(IHalfCloseableProtocol, IFilterConnection, IPushProducer)
+class Connection(Protocol):
+    """
+    One accepted connection and its filter chain.
+
+    @ivar listener: the L{pyenvoy.network.listener.ActiveListener} that
+        accepted it, which picks the filter chain and holds listener stats.
+    """
+
+    def __init__(self, listener: Any, reactor: Any) -> None:
+        self.listener = listener
+        self.reactor = reactor
+        self.bufferLimit = listener.config.perConnectionBufferLimitBytes
+        self.streamInfo = StreamInfo(reactor.seconds(), reactor.seconds())
+        self.id = self.streamInfo.connectionId
+        self.filterManager: FilterManager | None = None
+        self.open = False
+        self._readClosed = False
+        self._writeClosed = False
+        self._localClose = False
+        self._readDisableCount = 0
+        self._callbacks: list[Callable[[str], None]] = []
+        self._listenerPhase: Any = None
+        self._producer: Any = None
+
+    # -- Twisted protocol -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        """
+        Count the connection, then run listener filters (if any) before the
+        filter chain takes over.
+        """
+        transport = self.transport
+        transport.bufferSize = min(self.bufferLimit, DEFAULT_TRANSPORT_BUFFER)
+        info = self.streamInfo
+        info.downstreamRemoteAddress = peerTuple(transport.getPeer())
+        info.downstreamLocalAddress = peerTuple(transport.getHost())
+        self.open = True
+        self.listener.connectionOpened(self)
+        self._listenerPhase = self.listener.startListenerFilters(self)
+        if self._listenerPhase is None:
+            self._startChain(b"")
+
+    def listenerFiltersDone(self, chain: Any, buffered: bytes) -> None:
+        """
+        Called by the listener-filter phase with the chosen filter chain
+        (or C{None} when none matched) and the bytes it peeked at.
+        """
+        self._listenerPhase = None
+        if not self.open:
+            return
+        if chain is None:
+            self.close(CloseType.NO_FLUSH, "filter_chain_not_found")
+            return
+        self._startChain(buffered, chain)
+
+    def _startChain(self, buffered: bytes, chain: Any = None) -> None:
+        if chain is None:
+            chain = self.listener.defaultChain()
+            if chain is None:
+                self.close(CloseType.NO_FLUSH, "filter_chain_not_found")
+                return
+        try:
+            filters = chain.createFilters()
+            if not filters:
+                self.close(CloseType.NO_FLUSH, "no_filters")
+                return
+            self.filterManager = manager = FilterManager(
+                self, filters, self._output, self._isOpen)
+            self.dataReceived = self._countingRead(manager.onRead)  # type: ignore[method-assign]
+            manager.initialize()
+            if buffered and self.open:
+                self.dataReceived(buffered)
+            if self._readClosed and self.open:
+                manager.onRead(b"", True)
+        except Exception:
+            self._filterFailed(Failure())
+
+    def _countingRead(self, onRead: Callable[[bytes, bool], None]) -> Callable[[bytes], None]:
+        info = self.streamInfo
+
+        def dataReceived(data: bytes) -> None:
+            info.bytesReceived += len(data)
+            try:
+                onRead(data, False)
+            except Exception:
+                self._filterFailed(Failure())
+
+        return dataReceived
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Bytes before the filter chain exists go to the listener filters.
+        """
+        if self._listenerPhase is not None:
+            self._listenerPhase.dataReceived(data)
+
+    def readConnectionLost(self) -> None:
+        """
+        The peer half-closed: tell the filters with C{endStream}.
+        """
+        self._readClosed = True
+        if self._listenerPhase is not None:
+            self._listenerPhase.readConnectionLost()
+        elif self.filterManager is not None:
+            try:
+                self.filterManager.onRead(b"", True)
+            except Exception:
+                self._filterFailed(Failure())
+        if self._writeClosed and self.open:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        """
+        Our write side is shut; once both are, the connection is done.
+        """
+        self._writeClosed = True
+        if self._readClosed and self.open:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        """
+        Tell the filters and the listener, once.
+        """
+        if not self.open:
+            return
+        self.open = False
+        self.streamInfo.endMonotonic = self.reactor.seconds()
+        if self._listenerPhase is not None:
+            self._listenerPhase.cancel()
+            self._listenerPhase = None
+        event = "local_close" if self._localClose else "remote_close"
+        for callback in self._callbacks:
+            try:
+                callback(event)
+            except Exception:
+                log.failure("connection close callback failed", Failure())
+        self._callbacks = []
+        self.listener.connectionClosed(self)
+
+    # -- IFilterConnection --------------------------------------------------
+
+    def _isOpen(self) -> bool:
+        return self.open
+
+    def _output(self, data: bytes, endStream: bool) -> None:
+        if not self.open:
+            return
+        if data:
+            self.streamInfo.bytesSent += len(data)
+            self.transport.write(data)
+        if endStream:
+            self.transport.loseWriteConnection()
+
+    def write(self, data: bytes, endStream: bool = False) -> None:
+        """
+        See L{IFilterConnection.write}.
+        """
+        manager = self.filterManager
+        if manager is None:
+            self._output(data, endStream)
+            return
+        try:
+            manager.onWrite(data, endStream)
+        except Exception:
+            self._filterFailed(Failure())
+
+    def close(self, closeType: CloseType = CloseType.FLUSH_WRITE, details: str = "") -> None:
+        """
+        See L{IFilterConnection.close}.
+        """
+        if details and not self.streamInfo.connectionTerminationDetails:
+            self.streamInfo.connectionTerminationDetails = details
+        if not self.open:
+            return
+        self._localClose = True
+        if closeType is CloseType.NO_FLUSH:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
+
+    def readDisable(self, disable: bool) -> None:
+        """
+        See L{IFilterConnection.readDisable}.
+        """
+        if disable:
+            self._readDisableCount += 1
+            if self._readDisableCount == 1 and self.open:
+                self.transport.pauseProducing()
+        elif self._readDisableCount > 0:
+            self._readDisableCount -= 1
+            if self._readDisableCount == 0 and self.open:
+                self.transport.resumeProducing()
+
+    def addConnectionCallback(self, callback: Callable[[str], None]) -> None:
+        """
+        See L{IFilterConnection.addConnectionCallback}.
+        """
+        self._callbacks.append(callback)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        """
+        See L{IFilterConnection.registerProducer}.
+        """
+        self._producer = producer
+        self.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        """
+        See L{IFilterConnection.unregisterProducer}.
+        """
+        if self._producer is not None:
+            self._producer = None
+            if self.open:
+                self.transport.unregisterProducer()
+
+    def writeBufferSize(self) -> int:
+        """
+        Bytes waiting in the transport's write buffer (for stats).
+        """
+        transport = self.transport
+        return len(getattr(transport, "dataBuffer", b"")) + getattr(transport, "_tempDataLen", 0)
+
+    # -- IPushProducer: another transport may pause our reading -------------
+
+    def pauseProducing(self) -> None:
+        """
+        The other side's write buffer is full: stop reading from our peer.
+        """
+        self.readDisable(True)
+
+    def resumeProducing(self) -> None:
+        """
+        The other side drained: read again.
+        """
+        self.readDisable(False)
+
+    def stopProducing(self) -> None:
+        """
+        The other side is gone.
+        """
+        self.close(CloseType.NO_FLUSH)
+
+    # -- failures ------------------------------------------------------------
+
+    def _filterFailed(self, failure: Failure) -> None:
+        log.failure("a filter on connection {id} raised; closing that connection",
+                    failure, id=self.id)
+        self.listener.filterError()
+        self.streamInfo.connectionTerminationDetails = "filter_error"
+        if self.open:
+            self._localClose = True
+            self.transport.abortConnection()

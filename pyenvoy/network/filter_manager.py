@@ -1,0 +1,199 @@
+"""
+Runs a connection's read and write filters in Envoy's order.
+
+Read filters run first to last; write filters last to first.  Each filter
+sees every byte once, in order.  When a read filter that is not the last
+returns STOP_ITERATION, what it was given is held here, and so is anything
+that reaches it while it stays stopped; its C{continueReading()} passes the
+held bytes on.  The last filter of a chain (the terminal one) consumes
+what it is given, whatever it returns.  A write filter that stops has
+taken the bytes and writes them on itself with C{injectWriteData}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from zope.interface import implementer
+
+from pyenvoy.interfaces import (
+    FilterStatus,
+    IReadFilter,
+    IReadFilterCallbacks,
+    IWriteFilter,
+    IWriteFilterCallbacks,
+)
+
+STOP = FilterStatus.STOP_ITERATION
+
+
+@implementer(IReadFilterCallbacks)
+class _ReadEntry:
+    """
+    One read filter in the chain, and the callbacks it was given.
+    """
+
+    def __init__(self, manager: "FilterManager", index: int, filter: Any) -> None:
+        self.manager = manager
+        self.index = index
+        self.filter = filter
+        self.initialized = False
+        self.connection = manager.connection
+
+    def continueReading(self) -> None:
+        """
+        See L{IReadFilterCallbacks.continueReading}.
+        """
+        self.manager._continueFrom(self.index)
+
+    def injectReadData(self, data: bytes, endStream: bool) -> None:
+        """
+        See L{IReadFilterCallbacks.injectReadData}.
+        """
+        self.manager._iterate(self.index + 1, data, endStream)
+
+
+@implementer(IWriteFilterCallbacks)
+class _WriteEntry:
+    """
+    One write filter in the chain, and the callbacks it was given.
+    """
+
+    def __init__(self, manager: "FilterManager", index: int, filter: Any) -> None:
+        self.manager = manager
+        self.index = index
+        self.filter = filter
+        self.connection = manager.connection
+
+    def injectWriteData(self, data: bytes, endStream: bool) -> None:
+        """
+        See L{IWriteFilterCallbacks.injectWriteData}.
+        """
+        self.manager._write(self.index + 1, data, endStream)
+
+
+class FilterManager:
+    """
+    The filter chain of one connection.
+
+    @ivar connection: the L{IFilterConnection} the filters run on.
+    @ivar output: called as C{output(data, endStream)} with what the write
+        filters let through, to go to the transport.
+    @ivar isOpen: a callable that says whether the connection is still open;
+        iteration stops as soon as it is not.
+    """
+
+    def __init__(self, connection: Any, filters: list[Any],
+                 output: Callable[[bytes, bool], None],
+                 isOpen: Callable[[], bool]) -> None:
+        self.connection = connection
+        self.output = output
+        self.isOpen = isOpen
+        self._reads: list[_ReadEntry] = []
+        self._writes: list[_WriteEntry] = []
+        for f in filters:
+            if IReadFilter.providedBy(f):
+                self._reads.append(_ReadEntry(self, len(self._reads), f))
+        for f in reversed(filters):
+            if IWriteFilter.providedBy(f):
+                self._writes.append(_WriteEntry(self, len(self._writes), f))
+        self._last = len(self._reads) - 1
+        self._stoppedAt: int | None = None
+        self._held: list[bytes] = []
+        self._heldEnd = False
+        self._heldNext = 0
+        self.filters = list(filters)
+
+    def initialize(self) -> None:
+        """
+        Give every filter its callbacks, then call C{onNewConnection} in
+        order until one stops.
+        """
+        for r in self._reads:
+            r.filter.initializeReadFilterCallbacks(r)
+        for w in self._writes:
+            w.filter.initializeWriteFilterCallbacks(w)
+        self._iterate(0, b"", False)
+
+    def onRead(self, data: bytes, endStream: bool) -> None:
+        """
+        Bytes (or end of stream) arrived from the peer.
+        """
+        stoppedAt = self._stoppedAt
+        if stoppedAt is None:
+            self._iterate(0, data, endStream)
+            return
+        self._iterate(0, data, endStream, until=stoppedAt)
+
+    def onWrite(self, data: bytes, endStream: bool) -> None:
+        """
+        Bytes (or end of stream) are to go to the peer.
+        """
+        self._write(0, data, endStream)
+
+    def _write(self, index: int, data: bytes, endStream: bool) -> None:
+        writes = self._writes
+        while index < len(writes):
+            if writes[index].filter.onWrite(data, endStream) is STOP:
+                return
+            index += 1
+        self.output(data, endStream)
+
+    def _iterate(self, index: int, data: bytes, endStream: bool,
+                 until: int | None = None) -> None:
+        reads = self._reads
+        last = self._last
+        while index <= last:
+            if not self.isOpen():
+                return
+            entry = reads[index]
+            if not entry.initialized:
+                entry.initialized = True
+                if entry.filter.onNewConnection() is STOP and index < last:
+                    self._hold(index, index, data, endStream)
+                    return
+            if until is not None and index == until and self._heldNext == index:
+                # The stopped filter has not seen its held bytes yet: queue
+                # behind them to keep the order.
+                self._hold(index, index, data, endStream)
+                return
+            if data or endStream:
+                status = entry.filter.onData(data, endStream)
+                if status is STOP and index < last:
+                    self._hold(index, index + 1, data, endStream)
+                    return
+                if until is not None and index == until:
+                    # The stopped filter carried on: release what it held first.
+                    until = None
+                    data, endStream = self._release(data, endStream)
+            index += 1
+
+    def _hold(self, stoppedAt: int, nextIndex: int, data: bytes, endStream: bool) -> None:
+        if self._stoppedAt is None:
+            self._heldNext = nextIndex
+        self._stoppedAt = stoppedAt
+        if data:
+            self._held.append(data)
+        self._heldEnd = self._heldEnd or endStream
+
+    def _release(self, data: bytes = b"", endStream: bool = False) -> tuple[bytes, bool]:
+        held = b"".join(self._held) + data
+        end = self._heldEnd or endStream
+        self._held = []
+        self._heldEnd = False
+        self._stoppedAt = None
+        return held, end
+
+    def _continueFrom(self, index: int) -> None:
+        if self._stoppedAt is None or self._stoppedAt != index:
+            # Not stopped here: only make sure later filters are initialized.
+            if self._stoppedAt is None:
+                self._iterate(index + 1, b"", False)
+            return
+        nextIndex = self._heldNext
+        data, end = self._release()
+        if nextIndex == index:
+            # It stopped in onNewConnection and has not seen these bytes.
+            self._iterate(index, data, end)
+        else:
+            self._iterate(nextIndex, data, end)

@@ -1,0 +1,319 @@
+"""
+TCP listeners: bind, accept, run listener filters, pick a filter chain.
+
+Binding happens in C{privilegedStartService} and raises when the port is
+taken, so a listener that cannot bind stops start-up instead of being
+logged and forgotten.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+
+from pyenvoy.config.bootstrap import FilterChainConfig, ListenerConfig
+from pyenvoy.interfaces import FilterStatus
+from pyenvoy.network.connection import Connection
+
+log = Logger()
+
+
+class StartupError(Exception):
+    """
+    Start-up cannot go on (a port cannot be bound, ...); the message is
+    for the user.
+    """
+
+
+class FilterChain:
+    """
+    A filter chain ready to make filters for new connections.
+    """
+
+    def __init__(self, config: FilterChainConfig, context: Any) -> None:
+        self.config = config
+        self.name = config.name
+        self._makers: list[Callable[[], Any]] = [
+            f.factory.createFilterFactory(f.config, context) for f in config.filters
+        ]
+
+    def createFilters(self) -> list[Any]:
+        """
+        New filter instances for one connection, in config order.
+        """
+        return [make() for make in self._makers]
+
+
+class ListenerFilterPhase:
+    """
+    Runs the listener filters of one accepted connection, before any
+    network filter exists, then hands over the chain to use.
+
+    Listener filters peek: the bytes they see are kept and replayed to
+    the network filters.  Each listener filter has C{onAccept(callbacks)}
+    and C{onData(peeked)}, both returning a L{FilterStatus}, and
+    C{maxReadBytes()}.
+    """
+
+    def __init__(self, listener: "ActiveListener", connection: Connection,
+                 filters: list[Any]) -> None:
+        self.listener = listener
+        self.connection = connection
+        self.filters = filters
+        self.index = 0
+        self.buffer = b""
+        self.detectedTransportProtocol = ""
+        self.requestedServerName = ""
+        self.requestedApplicationProtocols: list[str] = []
+        self._done = False
+        self._timer: Any = None
+        timeout = listener.config.listenerFiltersTimeout
+        if timeout:
+            self._timer = connection.reactor.callLater(timeout, self._timedOut)
+        listener.preCxActive.inc()
+
+    def start(self) -> None:
+        """
+        Give the first filter the new connection.
+        """
+        self._runFrom(0)
+
+    def _runFrom(self, index: int) -> None:
+        while index < len(self.filters):
+            self.index = index
+            current = self.filters[index]
+            if current.onAccept(self) is FilterStatus.STOP_ITERATION:
+                if self.buffer:
+                    self.dataReceived(b"")
+                return
+            index += 1
+        self._finish(True)
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        More bytes: offer the whole peeked buffer to the current filter.
+        """
+        if self._done:
+            return
+        self.buffer += data
+        current = self.filters[self.index]
+        if current.onData(self.buffer) is FilterStatus.CONTINUE:
+            self._runFrom(self.index + 1)
+        elif len(self.buffer) >= current.maxReadBytes():
+            self._runFrom(self.index + 1)
+
+    def continueFilterChain(self, success: bool) -> None:
+        """
+        Called by a listener filter that stopped, when it has decided.
+        """
+        if self._done:
+            return
+        if not success:
+            self._finish(False)
+            self.connection.close(details="listener_filter_error")
+            return
+        self._runFrom(self.index + 1)
+
+    def readConnectionLost(self) -> None:
+        """
+        The peer gave up before the listener filters decided.
+        """
+        if not self._done:
+            self.listener.store.counter(
+                self.listener.statRoot + ".downstream_listener_filter_remote_close").inc()
+            self._finish(False)
+            self.connection.close(details="listener_filter_remote_close")
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        if self._done:
+            return
+        self.listener.store.counter(self.listener.statRoot + ".downstream_pre_cx_timeout").inc()
+        if self.listener.config.continueOnListenerFiltersTimeout:
+            self._finish(True)
+        else:
+            self._finish(False)
+            self.connection.close(details="listener_filters_timeout")
+
+    def cancel(self) -> None:
+        """
+        The connection closed under us.
+        """
+        if not self._done:
+            self._finish(False)
+
+    def _finish(self, success: bool) -> None:
+        self._done = True
+        self.listener.preCxActive.dec()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        if success:
+            self.connection.streamInfo.requestedServerName = self.requestedServerName or None
+            self.connection.listenerFiltersDone(self.listener.selectChain(self), self.buffer)
+
+
+class ActiveListener(Factory):
+    """
+    A bound TCP listener: makes a L{Connection} per accepted socket and
+    keeps the listener's stats.
+    """
+
+    def __init__(self, config: ListenerConfig, context: Any) -> None:
+        self.config = config
+        self.context = context
+        self.reactor = context.reactor
+        self.store = context.store
+        self.statRoot = config.statRoot
+        scope = self.store.scope(self.statRoot)
+        self.cxTotal = scope.counter("downstream_cx_total")
+        self.cxDestroy = scope.counter("downstream_cx_destroy")
+        self.cxActive = scope.gauge("downstream_cx_active")
+        self.cxLength = scope.histogram("downstream_cx_length_ms")
+        self.noFilterChainMatch = scope.counter("no_filter_chain_match")
+        self.preCxActive = scope.gauge("downstream_pre_cx_active")
+        self.filterErrors = self.store.counter("pyenvoy.filter_errors")
+        self.chains = [FilterChain(c, context) for c in config.filterChains]
+        self.default = (FilterChain(config.defaultFilterChain, context)
+                        if config.defaultFilterChain else None)
+        self._listenerFilterMakers = [
+            f.factory.createFilterFactory(f.config, context) for f in config.listenerFilters
+        ]
+        self.connections: set[Connection] = set()
+        self.port: Any = None
+        self.draining = False
+        self._drained: list[Callable[[], None]] = []
+
+    def buildProtocol(self, addr: Any) -> Connection:
+        """
+        A new L{Connection} for an accepted socket.
+        """
+        return Connection(self, self.reactor)
+
+    def connectionOpened(self, connection: Connection) -> None:
+        """
+        Count an accepted connection.
+        """
+        self.connections.add(connection)
+        self.cxTotal.value += 1
+        self.cxActive.value += 1
+
+    def connectionClosed(self, connection: Connection) -> None:
+        """
+        Count a closed connection; fire drain waiters when the last goes.
+        """
+        self.connections.discard(connection)
+        self.cxDestroy.value += 1
+        self.cxActive.value -= 1
+        info = connection.streamInfo
+        self.cxLength.record(((info.endMonotonic or 0) - info.startMonotonic) * 1000)
+        if not self.connections and self._drained:
+            waiters, self._drained = self._drained, []
+            for waiter in waiters:
+                waiter()
+
+    def filterError(self) -> None:
+        """
+        A filter raised: count it (C{pyenvoy.filter_errors}).
+        """
+        self.filterErrors.value += 1
+
+    def startListenerFilters(self, connection: Connection) -> ListenerFilterPhase | None:
+        """
+        Start the listener-filter phase of a new connection, or return
+        C{None} when there are no listener filters.
+        """
+        if not self._listenerFilterMakers:
+            return None
+        phase = ListenerFilterPhase(self, connection,
+                                    [make() for make in self._listenerFilterMakers])
+        connection._listenerPhase = phase
+        phase.start()
+        return connection._listenerPhase
+
+    def defaultChain(self) -> FilterChain | None:
+        """
+        The chain for a connection when no listener filter ran.
+        """
+        return self.selectChain(None)
+
+    def selectChain(self, phase: ListenerFilterPhase | None) -> FilterChain | None:
+        """
+        Pick the filter chain (one chain per listener until
+        filter_chain_match lands), counting a miss as Envoy does.
+        """
+        if self.chains:
+            return self.chains[0]
+        if self.default is not None:
+            return self.default
+        self.noFilterChainMatch.value += 1
+        return None
+
+    def whenDrained(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback} once no connection is open.
+        """
+        if not self.connections:
+            callback()
+        else:
+            self._drained.append(callback)
+
+
+class ListenerService(Service):
+    """
+    Binds one TCP listener for the life of the service.
+    """
+
+    def __init__(self, config: ListenerConfig, context: Any) -> None:
+        self.config = config
+        self.context = context
+        self.name = config.name
+        self.listener = ActiveListener(config, context)
+
+    def privilegedStartService(self) -> None:
+        """
+        Bind now, so a port that cannot be bound stops start-up.
+        """
+        super().privilegedStartService()
+        address = self.config.address
+        try:
+            self.listener.port = self.context.reactor.listenTCP(
+                address.port, self.listener, backlog=self.config.tcpBacklogSize,
+                interface=address.address)
+        except CannotListenError as e:
+            raise StartupError(
+                f"{self.config.path}: listener {self.config.name!r} cannot bind "
+                f"{address}: {e.socketError}") from None
+
+    def boundAddress(self) -> tuple[str, int] | None:
+        """
+        C{(host, port)} actually bound (the port is real even for port 0).
+        """
+        if self.listener.port is None:
+            return None
+        host = self.listener.port.getHost()
+        return (host.host, host.port)
+
+    def stopListening(self) -> Any:
+        """
+        Stop accepting new connections (drain); open ones go on.
+        """
+        port, self.listener.port = self.listener.port, None
+        self.listener.draining = True
+        if port is not None:
+            return port.stopListening()
+        return None
+
+    def stopService(self) -> Any:
+        """
+        Stop accepting and close what is still open.
+        """
+        super().stopService()
+        d = self.stopListening()
+        for connection in list(self.listener.connections):
+            connection.transport.abortConnection()
+        return d

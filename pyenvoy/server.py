@@ -1,0 +1,218 @@
+"""
+The pyenvoy server: one Twisted MultiService holding the stats store, the
+cluster manager, a service per listener and the admin site.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.logger import Logger
+
+from pyenvoy import __version__
+from pyenvoy.config.bootstrap import Bootstrap
+from pyenvoy.network.listener import ListenerService, StartupError
+from pyenvoy.stats import Store
+from pyenvoy.upstream import ClusterManager
+
+log = Logger()
+
+
+class ServerContext:
+    """
+    What filter factories, listeners and the admin site share.
+
+    @ivar state: C{"PRE_INITIALIZING"}, C{"LIVE"} or C{"DRAINING"}, as
+        Envoy's C{/ready} and C{/server_info} report it.
+    @ivar healthCheckFailed: set by C{POST /healthcheck/fail}.
+    @ivar commandLineOptions: the C{twistd pyenvoy} options, for
+        C{/server_info}.
+    """
+
+    def __init__(self, bootstrap: Bootstrap, reactor: Any, drainTime: float = 10.0,
+                 commandLineOptions: dict[str, Any] | None = None) -> None:
+        self.bootstrap = bootstrap
+        self.reactor = reactor
+        self.store = Store()
+        self.clusterManager = ClusterManager(bootstrap.clusters, self.store, reactor)
+        self.listeners: list[ListenerService] = []
+        self.state = "PRE_INITIALIZING"
+        self.healthCheckFailed = False
+        self.drainTime = drainTime
+        self.commandLineOptions = dict(commandLineOptions or {})
+        self.startMonotonic = reactor.seconds()
+        self.version = __version__
+        self.shutdown: Callable[[], Any] = lambda: None
+        self.startDraining: Callable[[], Any] = lambda: None
+        store = self.store
+        store.gauge("server.concurrency").value = 1
+        store.gauge("server.live")
+        store.gauge("server.state").value = 2
+        store.gauge("server.uptime")
+        store.gauge("server.total_connections")
+        store.gauge("server.hot_restart_epoch")
+        store.counter("server.static_unknown_fields")
+        store.gauge("listener_manager.total_listeners_active")
+        store.gauge("listener_manager.total_listeners_draining")
+        store.counter("listener_manager.listener_added")
+        store.counter("listener_manager.listener_create_success")
+
+    def uptime(self) -> int:
+        """
+        Whole seconds since start.
+        """
+        return int(self.reactor.seconds() - self.startMonotonic)
+
+    def refreshServerGauges(self) -> None:
+        """
+        Bring the C{server.*} gauges up to date (called before stats are read).
+        """
+        store = self.store
+        store.gauge("server.uptime").value = self.uptime()
+        store.gauge("server.live").value = int(self.state == "LIVE")
+        store.gauge("server.state").value = {"LIVE": 0, "DRAINING": 1}.get(self.state, 2)
+        store.gauge("server.total_connections").value = sum(
+            len(s.listener.connections) for s in self.listeners)
+
+
+class Server(MultiService):
+    """
+    Everything one C{twistd pyenvoy} process runs.
+    """
+
+    def __init__(self, bootstrap: Bootstrap, reactor: Any = None, drainTime: float = 10.0,
+                 commandLineOptions: dict[str, Any] | None = None,
+                 admin: bool = True) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as defaultReactor
+            reactor = defaultReactor
+        self.reactor = reactor
+        self.context = context = ServerContext(bootstrap, reactor, drainTime,
+                                               commandLineOptions)
+        context.shutdown = self.shutdown
+        context.startDraining = self.drain
+        for config in bootstrap.listeners:
+            service = ListenerService(config, context)
+            service.setServiceParent(self)
+            context.listeners.append(service)
+            context.store.counter("listener_manager.listener_added").value += 1
+            context.store.counter("listener_manager.listener_create_success").value += 1
+        self.adminService = None
+        if admin and bootstrap.admin is not None:
+            from pyenvoy.admin import AdminService
+
+            self.adminService = AdminService(bootstrap.admin, context)
+            self.adminService.setServiceParent(self)
+        self._shuttingDown: Deferred | None = None
+
+    def privilegedStartService(self) -> None:
+        """
+        Bind every port now; a port that cannot be bound ends start-up with
+        a message (exit status 1), before anything else runs.
+        """
+        try:
+            super().privilegedStartService()
+        except StartupError as e:
+            for service in self:
+                stop = getattr(service, "stopListening", None)
+                if stop is not None:
+                    stop()
+            log.critical("{message}", message=str(e))
+            raise SystemExit(f"pyenvoy: {e}")
+
+    def startService(self) -> None:
+        """
+        Start clusters and listeners; the server is LIVE.
+        """
+        self.context.clusterManager.start()
+        super().startService()
+        self.context.state = "LIVE"
+        self.context.store.gauge("listener_manager.total_listeners_active").value = len(
+            self.context.listeners)
+        for service in self.context.listeners:
+            address = service.boundAddress()
+            log.info("listener {name} on {host}:{port}", name=service.name,
+                     host=address[0] if address else "?", port=address[1] if address else "?")
+
+    def stopService(self) -> Deferred:
+        """
+        Stop everything (open connections are cut; use L{shutdown} to drain).
+        """
+        self.context.clusterManager.stop()
+        return super().stopService()
+
+    def drain(self) -> Deferred:
+        """
+        Stop accepting on every listener; fires when every open connection
+        has closed or the drain time has passed.
+        """
+        context = self.context
+        context.state = "DRAINING"
+        store = context.store
+        store.gauge("listener_manager.total_listeners_draining").value = len(context.listeners)
+        store.gauge("listener_manager.total_listeners_active").value = 0
+        waits = []
+        for service in context.listeners:
+            service.stopListening()
+            d: Deferred = Deferred()
+            service.listener.whenDrained(lambda d=d: d.called or d.callback(None))
+            waits.append(d)
+        done: Deferred = Deferred()
+        timer = self.reactor.callLater(context.drainTime,
+                                       lambda: done.called or done.callback(None))
+
+        def finished(_: Any) -> None:
+            if timer.active():
+                timer.cancel()
+            if not done.called:
+                done.callback(None)
+
+        DeferredList(waits).addCallback(finished)
+        return done
+
+    def shutdown(self) -> Deferred:
+        """
+        Drain (up to C{--drain-time-s}), then stop the reactor: what SIGTERM
+        and C{POST /quitquitquit} do.
+        """
+        if self._shuttingDown is not None:
+            return self._shuttingDown
+        log.info("draining for up to {seconds}s before exit", seconds=self.context.drainTime)
+        d = self._shuttingDown = self.drain()
+
+        def stop(_: Any) -> None:
+            if self.reactor.running:
+                self.reactor.stop()
+
+        d.addCallback(stop)
+        return d
+
+
+def installSignalDrain(server: Server, reactor: Any) -> None:
+    """
+    Make SIGTERM drain before exiting (twistd's own handler stops at once).
+    """
+    import signal
+
+    def onSignal(signum: int, frame: Any) -> None:
+        reactor.callFromThread(server.shutdown)
+
+    def install() -> None:
+        signal.signal(signal.SIGTERM, onSignal)
+
+    reactor.callWhenRunning(install)
+
+
+def pidInfo() -> dict[str, Any]:
+    """
+    Process facts for C{/server_info}.
+    """
+    return {"pid": os.getpid(), "python": sys.version.split()[0]}
+
+
+__all__ = ["Server", "ServerContext", "installSignalDrain", "succeed"]

@@ -1,0 +1,237 @@
+"""
+A cluster: its hosts (static or from DNS), load balancer, circuit
+breakers and C{cluster.<name>.*} stats.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IResolutionReceiver
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from pyenvoy.config.bootstrap import ClusterConfig
+from pyenvoy.stats import Store
+from pyenvoy.upstream.host import Host
+from pyenvoy.upstream.load_balancer import makeLoadBalancer
+
+log = Logger()
+
+_COUNTERS = (
+    "upstream_cx_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
+    "upstream_cx_destroy", "upstream_cx_destroy_local", "upstream_cx_destroy_remote",
+    "upstream_cx_destroy_with_active_rq", "upstream_cx_destroy_local_with_active_rq",
+    "upstream_cx_destroy_remote_with_active_rq",
+    "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total", "upstream_cx_overflow",
+    "upstream_cx_none_healthy", "upstream_cx_connect_attempts_exceeded",
+    "upstream_rq_total", "upstream_flow_control_paused_reading_total",
+    "upstream_flow_control_resumed_reading_total", "membership_change", "update_attempt",
+    "update_success", "update_failure", "update_empty", "update_no_rebuild",
+    "lb_healthy_panic", "bind_errors",
+)
+_GAUGES = (
+    "upstream_cx_active", "upstream_rq_active", "upstream_cx_rx_bytes_buffered",
+    "upstream_cx_tx_bytes_buffered", "membership_total", "membership_healthy",
+    "membership_degraded", "membership_excluded", "max_host_weight", "version",
+)
+
+
+class ClusterStats:
+    """
+    Envoy's C{cluster.<name>.*} stats, as attributes named like the stats.
+    """
+
+    def __init__(self, store: Store, statName: str, trackRemaining: bool = False) -> None:
+        scope = store.scope(f"cluster.{statName}")
+        for name in _COUNTERS:
+            setattr(self, name, scope.counter(name))
+        for name in _GAUGES:
+            setattr(self, name, scope.gauge(name))
+        self.upstream_cx_connect_ms = scope.histogram("upstream_cx_connect_ms")
+        self.upstream_cx_length_ms = scope.histogram("upstream_cx_length_ms")
+        cb = scope.scope("circuit_breakers")
+        self.breakers = {}
+        for priority in ("default", "high"):
+            p = cb.scope(priority)
+            self.breakers[priority] = {
+                name: p.gauge(name) for name in
+                ("cx_open", "cx_pool_open", "rq_pending_open", "rq_open", "rq_retry_open")
+            }
+        self.remaining_cx = None
+        if trackRemaining:
+            self.remaining_cx = cb.scope("default").gauge("remaining_cx")
+
+
+@implementer(IResolutionReceiver)
+class _Resolution:
+    """
+    Collects the addresses of one name resolution.
+    """
+
+    def __init__(self) -> None:
+        self.addresses: list[Any] = []
+
+    def resolutionBegan(self, resolution: Any) -> None:
+        pass
+
+    def addressResolved(self, address: Any) -> None:
+        self.addresses.append(address)
+
+    def resolutionComplete(self) -> None:
+        pass
+
+
+class Cluster:
+    """
+    One upstream cluster.
+    """
+
+    def __init__(self, config: ClusterConfig, store: Store, reactor: Any) -> None:
+        self.config = config
+        self.name = config.name
+        self.reactor = reactor
+        self.stats = ClusterStats(store, config.statName, config.thresholds.trackRemaining)
+        self.activeConnections = 0
+        #: Open L{pyenvoy.upstream.cluster_manager.UpstreamConnection}s.
+        self.connections: set[Any] = set()
+        self.hosts: list[Host] = []
+        self.lb = makeLoadBalancer(config.lbPolicy, [], config.leastRequestChoiceCount)
+        self._dnsLoop: LoopingCall | None = None
+        self._updateBreaker()
+        if config.type == "STATIC":
+            self.setHosts([Host((e.address.address, e.address.port), e.weight, e.hostname)
+                           for e in config.endpoints])
+
+    # -- membership ----------------------------------------------------------
+
+    def setHosts(self, hosts: list[Host]) -> None:
+        """
+        Replace the host set, keeping the stats of hosts that stay.
+        """
+        old = {h.address: h for h in self.hosts}
+        merged = [old.get(h.address, h) for h in hosts]
+        changed = [h.address for h in merged] != [h.address for h in self.hosts]
+        self.hosts = merged
+        self.lb.setHosts(merged)
+        s = self.stats
+        if changed:
+            s.membership_change.value += 1
+        s.membership_total.value = len(merged)
+        s.membership_healthy.value = sum(1 for h in merged if h.healthy)
+        s.max_host_weight.value = max((h.weight for h in merged), default=0)
+
+    def start(self) -> None:
+        """
+        Start DNS resolution for STRICT_DNS and LOGICAL_DNS clusters.
+        """
+        if self.config.type == "STATIC":
+            return
+        self._dnsLoop = LoopingCall(self._resolveAll)
+        self._dnsLoop.clock = self.reactor
+        self._dnsLoop.start(self.config.dnsRefreshRate, now=True)
+
+    def stop(self) -> None:
+        """
+        Stop re-resolving.
+        """
+        if self._dnsLoop is not None and self._dnsLoop.running:
+            self._dnsLoop.stop()
+        self._dnsLoop = None
+
+    def _addressTypes(self) -> list[type]:
+        family = self.config.dnsLookupFamily
+        if family == "V4_ONLY":
+            return [IPv4Address]
+        if family == "V6_ONLY":
+            return [IPv6Address]
+        return [IPv4Address, IPv6Address]
+
+    def _order(self, addresses: list[Any]) -> list[Any]:
+        family = self.config.dnsLookupFamily
+        v4 = [a for a in addresses if isinstance(a, IPv4Address)]
+        v6 = [a for a in addresses if isinstance(a, IPv6Address)]
+        if family == "AUTO":
+            return v6 + v4 if v6 else v4
+        if family == "V4_PREFERRED":
+            return v4 if v4 else v6
+        return v4 + v6
+
+    def _resolveAll(self) -> Any:
+        from twisted.internet.defer import gatherResults
+
+        self.stats.update_attempt.value += 1
+        return gatherResults(
+            [self._resolve(e) for e in self.config.endpoints], consumeErrors=True
+        ).addCallbacks(self._resolved, self._resolveFailed)
+
+    def _resolve(self, endpoint: Any) -> Any:
+        from twisted.internet.defer import Deferred
+
+        done: Deferred = Deferred()
+        receiver = _Resolution()
+        original = receiver.resolutionComplete
+
+        def complete() -> None:
+            original()
+            done.callback((endpoint, self._order(receiver.addresses)))
+
+        receiver.resolutionComplete = complete  # type: ignore[method-assign]
+        self.reactor.nameResolver.resolveHostName(
+            receiver, endpoint.address.address, endpoint.address.port, self._addressTypes())
+        return done
+
+    def _resolved(self, results: list[Any]) -> None:
+        hosts: list[Host] = []
+        seen = set()
+        for endpoint, addresses in results:
+            if self.config.type == "LOGICAL_DNS":
+                addresses = addresses[:1]
+            for address in addresses:
+                key = (address.host, endpoint.address.port)
+                if key in seen:
+                    continue
+                seen.add(key)
+                hosts.append(Host(key, endpoint.weight,
+                                  endpoint.hostname or endpoint.address.address))
+        self.stats.update_success.value += 1
+        if not hosts:
+            self.stats.update_empty.value += 1
+        if [h.address for h in hosts] == [h.address for h in self.hosts]:
+            self.stats.update_no_rebuild.value += 1
+        self.setHosts(hosts)
+
+    def _resolveFailed(self, failure: Any) -> None:
+        self.stats.update_failure.value += 1
+        log.warn("cluster {cluster}: DNS resolution failed: {reason}",
+                 cluster=self.name, reason=failure.getErrorMessage())
+
+    # -- circuit breaker -----------------------------------------------------
+
+    def canConnect(self) -> bool:
+        """
+        Whether C{max_connections} leaves room for one more connection.
+        """
+        return self.activeConnections < self.config.thresholds.maxConnections
+
+    def connectionAdded(self) -> None:
+        """
+        Account one more open (or opening) upstream connection.
+        """
+        self.activeConnections += 1
+        self._updateBreaker()
+
+    def connectionRemoved(self) -> None:
+        """
+        Account one upstream connection less.
+        """
+        self.activeConnections -= 1
+        self._updateBreaker()
+
+    def _updateBreaker(self) -> None:
+        limit = self.config.thresholds.maxConnections
+        self.stats.breakers["default"]["cx_open"].value = int(self.activeConnections >= limit)
+        if self.stats.remaining_cx is not None:
+            self.stats.remaining_cx.value = max(0, limit - self.activeConnections)

@@ -1,0 +1,335 @@
+"""
+The one place terminal filters get upstream connections from: host
+choice, circuit breaker, connect timeout and upstream stats live here.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from pyenvoy.config.bootstrap import ClusterConfig
+from pyenvoy.stats import Store
+from pyenvoy.upstream.cluster import Cluster
+from pyenvoy.upstream.host import Host
+
+
+class ConnectStatus(enum.Enum):
+    """
+    Why no connection attempt was started (or that one was).
+    """
+
+    STARTED = "started"
+    NO_CLUSTER = "no_cluster"
+    OVERFLOW = "overflow"
+    NO_HOST = "no_host"
+
+
+class UpstreamConnection:
+    """
+    One connection to an upstream host, on behalf of a terminal filter.
+
+    The filter passes a I{handler} with C{upstreamConnected(upstream)},
+    C{upstreamConnectFailed(reason, timedOut)}, C{upstreamData(data)},
+    C{upstreamEndStream()} and C{upstreamClosed(localClose)}.
+    """
+
+    def __init__(self, cluster: Cluster, host: Host, handler: Any, reactor: Any,
+                 bufferLimit: int) -> None:
+        self.cluster = cluster
+        self.host = host
+        self.handler = handler
+        self.reactor = reactor
+        self.bufferLimit = bufferLimit
+        self.protocol: _UpstreamProtocol | None = None
+        self.connected = False
+        self.closed = False
+        self.localClose = False
+        #: Set by a filter that closed us with bytes still to send.
+        self.flushing = False
+        self.localAddress: tuple[str, int] | None = None
+        self._started = reactor.seconds()
+        self._connectedAt: float | None = None
+        self._connector: Any = None
+        self._timer: Any = None
+        stats = cluster.stats
+        stats.upstream_cx_total.value += 1
+        stats.upstream_cx_active.value += 1
+        stats.upstream_rq_total.value += 1
+        stats.upstream_rq_active.value += 1
+        host.stats.cx_total += 1
+        host.stats.cx_active += 1
+        host.stats.rq_total += 1
+        host.stats.rq_active += 1
+        cluster.connectionAdded()
+        cluster.connections.add(self)
+
+    def start(self) -> None:
+        """
+        Connect, with the cluster's C{connect_timeout}.
+        """
+        factory = _UpstreamFactory(self)
+        address, port = self.host.address
+        timeout = self.cluster.config.connectTimeout
+        self._timer = self.reactor.callLater(timeout, self._timedOut)
+        self._connector = self.reactor.connectTCP(address, port, factory, timeout=timeout + 30)
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        if self.connected or self.closed:
+            return
+        self.cluster.stats.upstream_cx_connect_timeout.value += 1
+        self._failed("connection timeout", timedOut=True)
+        if self._connector is not None:
+            self._connector.stopConnecting()
+
+    def _made(self, protocol: "_UpstreamProtocol") -> None:
+        if self.closed:
+            protocol.transport.abortConnection()
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self.protocol = protocol
+        self.connected = True
+        now = self.reactor.seconds()
+        self._connectedAt = now
+        self.cluster.stats.upstream_cx_connect_ms.record((now - self._started) * 1000)
+        transport = protocol.transport
+        transport.bufferSize = min(self.bufferLimit, 65536)
+        host = transport.getHost()
+        self.localAddress = (host.host, host.port)
+        self.handler.upstreamConnected(self)
+
+    def _connectFailed(self, reason: Failure) -> None:
+        if self.closed:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._failed(reason.getErrorMessage(), timedOut=False)
+
+    def _failed(self, reason: str, timedOut: bool) -> None:
+        self.closed = True
+        stats = self.cluster.stats
+        if not timedOut:
+            stats.upstream_cx_connect_fail.value += 1
+        self.host.stats.cx_connect_fail += 1
+        self.host.stats.rq_error += 1
+        self._release(destroy=True, local=True)
+        self.handler.upstreamConnectFailed(reason, timedOut)
+
+    def _release(self, destroy: bool, local: bool) -> None:
+        self.cluster.connections.discard(self)
+        stats = self.cluster.stats
+        stats.upstream_cx_active.value -= 1
+        stats.upstream_rq_active.value -= 1
+        self.host.stats.cx_active -= 1
+        self.host.stats.rq_active -= 1
+        self.cluster.connectionRemoved()
+        if destroy:
+            stats.upstream_cx_destroy.value += 1
+            if local:
+                stats.upstream_cx_destroy_local.value += 1
+            else:
+                stats.upstream_cx_destroy_remote.value += 1
+
+    def _lost(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._connectedAt is not None:
+            self.cluster.stats.upstream_cx_length_ms.record(
+                (self.reactor.seconds() - self._connectedAt) * 1000)
+        self.host.stats.rq_success += 1
+        self._release(destroy=True, local=self.localClose)
+        self.handler.upstreamClosed(self.localClose)
+
+    # -- what the filter calls -----------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """
+        Send bytes to the upstream host.
+        """
+        self.cluster.stats.upstream_cx_tx_bytes_total.value += len(data)
+        self.protocol.transport.write(data)  # type: ignore[union-attr]
+
+    def pendingWrite(self) -> bool:
+        """
+        Whether bytes are still waiting to be sent to the upstream.
+        """
+        if self.protocol is None:
+            return False
+        transport = self.protocol.transport
+        return bool(getattr(transport, "dataBuffer", b"")) or bool(
+            getattr(transport, "_tempDataLen", 0))
+
+    def endStream(self) -> None:
+        """
+        Half-close towards the upstream (our FIN).
+        """
+        if self.protocol is not None and not self.closed:
+            self.protocol.transport.loseWriteConnection()
+
+    def close(self, flush: bool = True) -> None:
+        """
+        Close (or give up connecting).
+        """
+        if self.closed:
+            return
+        self.localClose = True
+        if not self.connected:
+            self.closed = True
+            if self._timer is not None and self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+            if self._connector is not None:
+                self._connector.stopConnecting()
+            self._release(destroy=True, local=True)
+            return
+        transport = self.protocol.transport  # type: ignore[union-attr]
+        if flush:
+            transport.loseConnection()
+        else:
+            transport.abortConnection()
+
+    def pauseReading(self) -> None:
+        """
+        Stop reading from the upstream (downstream cannot take more).
+        """
+        if self.protocol is not None and not self.closed:
+            self.cluster.stats.upstream_flow_control_paused_reading_total.value += 1
+            self.protocol.transport.pauseProducing()
+
+    def resumeReading(self) -> None:
+        """
+        Read from the upstream again.
+        """
+        if self.protocol is not None and not self.closed:
+            self.cluster.stats.upstream_flow_control_resumed_reading_total.value += 1
+            self.protocol.transport.resumeProducing()
+
+    def registerProducer(self, producer: Any) -> None:
+        """
+        Let C{producer} (the downstream) be paused while our write buffer
+        to the upstream is full.
+        """
+        self.protocol.transport.registerProducer(producer, True)  # type: ignore[union-attr]
+
+
+@implementer(IHalfCloseableProtocol)
+class _UpstreamProtocol(Protocol):
+    """
+    The Twisted protocol of an upstream connection; forwards to the
+    L{UpstreamConnection}'s handler.
+    """
+
+    def __init__(self, upstream: UpstreamConnection) -> None:
+        self.upstream = upstream
+        self._readClosed = False
+        self._writeClosed = False
+
+    def connectionMade(self) -> None:
+        upstream = self.upstream
+        rx = upstream.cluster.stats.upstream_cx_rx_bytes_total
+        handler = upstream.handler.upstreamData
+
+        def dataReceived(data: bytes) -> None:
+            rx.value += len(data)
+            handler(data)
+
+        self.dataReceived = dataReceived  # type: ignore[method-assign]
+        upstream._made(self)
+
+    def readConnectionLost(self) -> None:
+        self._readClosed = True
+        if not self.upstream.closed:
+            self.upstream.handler.upstreamEndStream()
+        if self._writeClosed:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        self._writeClosed = True
+        if self._readClosed:
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.upstream._lost()
+
+
+class _UpstreamFactory(ClientFactory):
+    def __init__(self, upstream: UpstreamConnection) -> None:
+        self.upstream = upstream
+
+    def buildProtocol(self, addr: Any) -> _UpstreamProtocol:
+        return _UpstreamProtocol(self.upstream)
+
+    def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
+        self.upstream._connectFailed(reason)
+
+
+class ClusterManager:
+    """
+    Every cluster of the process, by name.
+    """
+
+    def __init__(self, configs: dict[str, ClusterConfig], store: Store, reactor: Any) -> None:
+        self.reactor = reactor
+        self.store = store
+        self.clusters: dict[str, Cluster] = {
+            name: Cluster(config, store, reactor) for name, config in configs.items()
+        }
+        store.counter("cluster_manager.cluster_added").value += len(self.clusters)
+        store.gauge("cluster_manager.active_clusters").value = len(self.clusters)
+        store.gauge("cluster_manager.warming_clusters")
+        store.counter("cluster_manager.cluster_modified")
+        store.counter("cluster_manager.cluster_removed")
+
+    def start(self) -> None:
+        """
+        Start DNS clusters.
+        """
+        for cluster in self.clusters.values():
+            cluster.start()
+
+    def stop(self) -> None:
+        """
+        Stop DNS refreshes and cut every upstream connection still open.
+        """
+        for cluster in self.clusters.values():
+            cluster.stop()
+            for upstream in list(cluster.connections):
+                upstream.close(flush=False)
+
+    def get(self, name: str) -> Cluster | None:
+        """
+        The cluster called C{name}, if any.
+        """
+        return self.clusters.get(name)
+
+    def tcpConnect(self, clusterName: str, handler: Any,
+                   lbContext: Any = None) -> tuple[ConnectStatus, UpstreamConnection | None]:
+        """
+        Start a connection to a host of C{clusterName} for C{handler}, or
+        say why not (counting C{upstream_cx_overflow} /
+        C{upstream_cx_none_healthy} as Envoy does).
+        """
+        cluster = self.clusters.get(clusterName)
+        if cluster is None:
+            return ConnectStatus.NO_CLUSTER, None
+        if not cluster.canConnect():
+            cluster.stats.upstream_cx_overflow.value += 1
+            return ConnectStatus.OVERFLOW, None
+        host = cluster.lb.chooseHost(lbContext)
+        if host is None:
+            cluster.stats.upstream_cx_none_healthy.value += 1
+            return ConnectStatus.NO_HOST, None
+        upstream = UpstreamConnection(cluster, host, handler, self.reactor,
+                                      cluster.config.perConnectionBufferLimitBytes)
+        upstream.start()
+        return ConnectStatus.STARTED, upstream

@@ -1,0 +1,408 @@
+"""
+tcp_proxy through real loopback sockets: data integrity, half-close, many
+connections, flow control, and every way an upstream can fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from tests.support.net import (
+    Client,
+    Echo,
+    connect,
+    listen,
+    listenerPort,
+    startServer,
+    stat,
+    tcpProxyConfig,
+)
+
+MiB = 1024 * 1024
+
+
+def sleep(seconds: float) -> Deferred:
+    """
+    A Deferred that fires after C{seconds} on the real reactor.
+    """
+    return deferLater(reactor, seconds, lambda: None)
+
+
+async def waitFor(predicate, timeout: float = 10.0, step: float = 0.01) -> None:
+    """
+    Poll C{predicate} until true, failing the test after C{timeout}.
+    """
+    waited = 0.0
+    while not predicate():
+        if waited >= timeout:
+            raise AssertionError("condition not reached in time")
+        await sleep(step)
+        waited += step
+
+
+@implementer(IHalfCloseableProtocol)
+class HashAndReply(Protocol):
+    """
+    Hashes everything it receives; after the client's FIN, sends
+    C{reply} and closes.  Records the hash on the factory-wide list.
+    """
+
+    digests: list[str] = []
+    reply = b""
+
+    def connectionMade(self) -> None:
+        self.hasher = hashlib.sha256()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.hasher.update(data)
+
+    def readConnectionLost(self) -> None:
+        type(self).digests.append(self.hasher.hexdigest())
+        self.transport.write(type(self).reply)
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+class DataIntegrityTests(TestCase):
+    """
+    Bytes arrive whole and in order both ways.
+    """
+
+    timeout = 120
+
+    async def test_64MiBEachWayKeepsSha256(self) -> None:
+        """
+        64 MiB of random bytes each way pass through with equal SHA-256.
+        """
+        upload = os.urandom(64 * MiB)
+        download = os.urandom(64 * MiB)
+
+        class Server(HashAndReply):
+            digests: list[str] = []
+            reply = download
+
+        port = listen(self, Server)
+        server = startServer(self, tcpProxyConfig([port]))
+        client = await connect(listenerPort(server), Client(hashOnly=True))
+        client.transport.write(upload)
+        client.transport.loseWriteConnection()
+        await client.closed
+        self.assertEqual(Server.digests, [hashlib.sha256(upload).hexdigest()])
+        self.assertEqual(client.hasher.hexdigest(), hashlib.sha256(download).hexdigest())
+        self.assertEqual(stat(server, "tcp.test.downstream_cx_rx_bytes_total"), 64 * MiB)
+        self.assertEqual(stat(server, "tcp.test.downstream_cx_tx_bytes_total"), 64 * MiB)
+        self.assertEqual(stat(server, "cluster.backend.upstream_cx_tx_bytes_total"), 64 * MiB)
+
+    async def test_halfCloseFromClient(self) -> None:
+        """
+        A client that shuts its write side still receives the whole reply.
+        """
+        reply = os.urandom(3 * MiB)
+
+        class Server(HashAndReply):
+            digests: list[str] = []
+
+        Server.reply = reply
+        port = listen(self, Server)
+        server = startServer(self, tcpProxyConfig([port]))
+        client = await connect(listenerPort(server))
+        client.transport.write(b"request")
+        client.transport.loseWriteConnection()
+        await client.closed
+        self.assertEqual(client.data(), reply)
+        self.assertEqual(Server.digests, [hashlib.sha256(b"request").hexdigest()])
+
+    async def test_halfCloseFromUpstream(self) -> None:
+        """
+        An upstream FIN reaches the client as end of stream while the
+        client can still send.
+        """
+
+        @implementer(IHalfCloseableProtocol)
+        class Greeter(Protocol):
+            received = []
+
+            def connectionMade(self) -> None:
+                self.transport.write(b"banner")
+                self.transport.loseWriteConnection()
+
+            def dataReceived(self, data: bytes) -> None:
+                Greeter.received.append(data)
+
+            def readConnectionLost(self) -> None:
+                self.transport.loseConnection()
+
+            def writeConnectionLost(self) -> None:
+                pass
+
+        port = listen(self, Greeter)
+        server = startServer(self, tcpProxyConfig([port]))
+        client = await connect(listenerPort(server), Client(closeOnEnd=False))
+        await waitFor(lambda: client.endStreamSeen)
+        self.assertEqual(client.data(), b"banner")
+        client.transport.write(b"after-fin")
+        await waitFor(lambda: b"".join(Greeter.received) == b"after-fin")
+        client.transport.loseWriteConnection()
+        await client.closed
+
+    async def test_200ConcurrentConnections(self) -> None:
+        """
+        200 clients at once each get exactly their own bytes back.
+        """
+        port = listen(self, Echo)
+        server = startServer(self, tcpProxyConfig([port]))
+        proxyPort = listenerPort(server)
+        clients = [await connect(proxyPort) for _ in range(200)]
+        payloads = [os.urandom(1000) + str(i).encode() for i in range(200)]
+        for client, payload in zip(clients, payloads):
+            client.transport.write(payload)
+            client.transport.loseWriteConnection()
+        await gatherResults([c.closed for c in clients])
+        for client, payload in zip(clients, payloads):
+            self.assertEqual(client.data(), payload)
+        self.assertEqual(stat(server, "tcp.test.downstream_cx_total"), 200)
+        await waitFor(lambda: stat(server, "listener.127.0.0.1_0.downstream_cx_active") == 0)
+        self.assertEqual(stat(server, "cluster.backend.upstream_cx_total"), 200)
+
+
+class FlowControlTests(TestCase):
+    """
+    A slow side pauses the other; buffers stay bounded.
+    """
+
+    timeout = 60
+
+    async def test_clientThatStopsReadingBoundsProxyMemory(self) -> None:
+        """
+        While the client does not read, the proxy buffers at most about
+        its buffer limit towards it and stops reading the upstream; once
+        the client reads again, every byte arrives.
+        """
+        total = 32 * MiB
+        payload = os.urandom(total)
+
+        class Flood(Protocol):
+            def connectionMade(self) -> None:
+                self.transport.write(payload)
+                self.transport.loseConnection()
+
+        port = listen(self, Flood)
+        limit = 64 * 1024
+        server = startServer(self, tcpProxyConfig(
+            [port], listener={"per_connection_buffer_limit_bytes": limit}))
+        client = await connect(listenerPort(server), Client(hashOnly=True))
+        client.transport.pauseProducing()
+        await waitFor(lambda: stat(
+            server, "cluster.backend.upstream_flow_control_paused_reading_total") > 0)
+        await sleep(0.5)
+        (connection,) = server.context.listeners[0].listener.connections
+        buffered = connection.writeBufferSize()
+        # At most one limit's worth plus one read chunk waits for the client.
+        self.assertLessEqual(buffered, limit + 65536)
+        self.assertLess(client.count, total)
+        client.transport.resumeProducing()
+        await client.closed
+        self.assertEqual(client.count, total)
+        self.assertEqual(client.hasher.hexdigest(), hashlib.sha256(payload).hexdigest())
+        self.assertGreater(
+            stat(server, "cluster.backend.upstream_flow_control_resumed_reading_total"), 0)
+
+    async def test_upstreamThatStopsReadingPausesClient(self) -> None:
+        """
+        An upstream that does not read makes the proxy stop reading the
+        client, counted as downstream_flow_control_paused_reading_total.
+        """
+        sinks = []
+
+        class Sink(Protocol):
+            def connectionMade(self) -> None:
+                sinks.append(self)
+                self.transport.pauseProducing()
+
+        port = listen(self, Sink)
+        server = startServer(self, tcpProxyConfig([port]))
+        client = await connect(listenerPort(server))
+        chunk = os.urandom(MiB)
+        for _ in range(16):
+            client.transport.write(chunk)
+        await waitFor(lambda: stat(
+            server, "tcp.test.downstream_flow_control_paused_reading_total") > 0)
+        self.assertLess(stat(server, "tcp.test.downstream_cx_rx_bytes_total"), 16 * MiB)
+        for sink in sinks:
+            sink.transport.resumeProducing()
+        await waitFor(lambda: stat(server, "tcp.test.downstream_cx_rx_bytes_total") == 16 * MiB)
+        self.assertGreater(
+            stat(server, "tcp.test.downstream_flow_control_resumed_reading_total"), 0)
+        client.transport.loseConnection()
+        await client.closed
+
+
+class UpstreamFailureTests(TestCase):
+    """
+    Refused, timed-out and dying upstreams close the client cleanly with
+    Envoy's flags and stats.
+    """
+
+    timeout = 30
+
+    def unusedPort(self) -> int:
+        """
+        A loopback port nothing listens on.
+        """
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        return port
+
+    async def test_upstreamRefuses(self) -> None:
+        """
+        Connection refused: client closed, flag UF, upstream_cx_connect_fail.
+        """
+        server = startServer(self, tcpProxyConfig([self.unusedPort()]))
+        client = await connect(listenerPort(server))
+        await client.closed
+        self.assertEqual(client.data(), b"")
+        self.assertEqual(stat(server, "cluster.backend.upstream_cx_connect_fail"), 1)
+        self.assertEqual(stat(server, "cluster.backend.upstream_cx_active"), 0)
+        self.assertEqual(stat(server, "cluster.backend.upstream_cx_destroy_local"), 1)
+
+    async def test_upstreamConnectTimesOut(self) -> None:
+        """
+        An upstream whose accept queue is full never answers the SYN: after
+        connect_timeout the client is closed and upstream_cx_connect_timeout
+        counted.
+        """
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(0)
+        self.addCleanup(blocker.close)
+        port = blocker.getsockname()[1]
+        fillers = []
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            try:
+                s.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            fillers.append(s)
+        self.addCleanup(lambda: [s.close() for s in fillers])
+        server = startServer(self, tcpProxyConfig([port], cluster={"connect_timeout": "0.25s"}))
+        client = await connect(listenerPort(server))
+        await client.closed
+        self.assertEqual(stat(server, "cluster.backend.upstream_cx_connect_timeout"), 1)
+        self.assertEqual(stat(server, "cluster.backend.upstream_cx_connect_fail"), 0)
+
+    async def test_upstreamDiesMidStream(self) -> None:
+        """
+        An upstream that resets after sending: the client gets the bytes
+        sent before and a clean close; upstream_cx_destroy_remote counts it.
+        """
+
+        class Dying(Protocol):
+            def connectionMade(self) -> None:
+                self.transport.write(b"partial reply")
+                reactor.callLater(0.05, self.transport.abortConnection)
+
+        port = listen(self, Dying)
+        server = startServer(self, tcpProxyConfig([port]))
+        client = await connect(listenerPort(server))
+        await client.closed
+        self.assertEqual(client.data(), b"partial reply")
+        from twisted.internet.error import ConnectionDone
+        self.assertIsInstance(client.reason.value, ConnectionDone)
+        self.assertEqual(stat(server, "cluster.backend.upstream_cx_destroy_remote"), 1)
+
+    async def test_retryPicksAnotherHost(self) -> None:
+        """
+        With max_connect_attempts 2, a refused first host is retried on
+        the next one and the client is served.
+        """
+        live = listen(self, Echo)
+        server = startServer(self, tcpProxyConfig(
+            [self.unusedPort(), live], tcpProxy={"max_connect_attempts": 2}))
+        client = await connect(listenerPort(server))
+        client.transport.write(b"ping")
+        client.transport.loseWriteConnection()
+        await client.closed
+        self.assertEqual(client.data(), b"ping")
+        self.assertEqual(stat(server, "cluster.backend.upstream_cx_connect_fail"), 1)
+        self.assertEqual(stat(server, "cluster.backend.upstream_cx_total"), 2)
+
+    async def test_retriesExhausted(self) -> None:
+        """
+        When every attempt fails, upstream_cx_connect_attempts_exceeded is
+        counted.
+        """
+        server = startServer(self, tcpProxyConfig(
+            [self.unusedPort(), self.unusedPort()], tcpProxy={"max_connect_attempts": 2}))
+        client = await connect(listenerPort(server))
+        await client.closed
+        self.assertEqual(stat(server, "cluster.backend.upstream_cx_connect_fail"), 2)
+        self.assertEqual(
+            stat(server, "cluster.backend.upstream_cx_connect_attempts_exceeded"), 1)
+
+    async def test_circuitBreakerOverflow(self) -> None:
+        """
+        With max_connections 1, a second client is closed and counted as
+        upstream_cx_overflow while the first is served.
+        """
+        port = listen(self, Echo)
+        server = startServer(self, tcpProxyConfig(
+            [port], cluster={"circuit_breakers": {"thresholds": [{"max_connections": 1}]}}))
+        first = await connect(listenerPort(server))
+        first.transport.write(b"one")
+        await waitFor(lambda: first.data() == b"one")
+        second = await connect(listenerPort(server))
+        await second.closed
+        self.assertEqual(stat(server, "cluster.backend.upstream_cx_overflow"), 1)
+        self.assertEqual(
+            stat(server, "cluster.backend.circuit_breakers.default.cx_open"), 1)
+        first.transport.loseConnection()
+        await first.closed
+
+    async def test_unknownHostnameClusterHasNoHosts(self) -> None:
+        """
+        A STRICT_DNS cluster whose name does not resolve has no hosts: the
+        client is closed and upstream_cx_none_healthy counted.
+        """
+        server = startServer(self, tcpProxyConfig(
+            [1], cluster={"type": "STRICT_DNS", "load_assignment": {
+                "cluster_name": "backend", "endpoints": [{"lb_endpoints": [{
+                    "endpoint": {"address": {"socket_address": {
+                        "address": "no-such-host.invalid", "port_value": 1}}}}]}]}}))
+        await waitFor(lambda: stat(server, "cluster.backend.update_attempt") >= 1)
+        client = await connect(listenerPort(server))
+        await client.closed
+        self.assertEqual(stat(server, "cluster.backend.upstream_cx_none_healthy"), 1)
+
+    async def test_strictDnsClusterResolvesLocalhost(self) -> None:
+        """
+        A STRICT_DNS cluster on 'localhost' resolves and proxies.
+        """
+        port = listen(self, Echo)
+        server = startServer(self, tcpProxyConfig(
+            [port], cluster={"type": "STRICT_DNS", "dns_lookup_family": "V4_ONLY",
+                             "load_assignment": {
+                                 "cluster_name": "backend", "endpoints": [{"lb_endpoints": [{
+                                     "endpoint": {"address": {"socket_address": {
+                                         "address": "localhost", "port_value": port}}}}]}]}}))
+        await waitFor(lambda: stat(server, "cluster.backend.membership_total") >= 1)
+        client = await connect(listenerPort(server))
+        client.transport.write(b"dns")
+        client.transport.loseWriteConnection()
+        await client.closed
+        self.assertEqual(client.data(), b"dns")

@@ -1,0 +1,25 @@
+"""
+pyenvoy's Twisted plugins: the C{twistd pyenvoy} command and the built-in
+filters.  Declarations only; each filter's code loads when a config uses it.
+"""
+
+from twisted.application.service import ServiceMaker
+
+from pyenvoy.plugin import NetworkFilter
+
+pyenvoyService = ServiceMaker(
+    "pyenvoy", "pyenvoy.tap", "An Envoy-compatible L3/L4 proxy.", "pyenvoy")
+
+tcpProxy = NetworkFilter(
+    "envoy.filters.network.tcp_proxy",
+    "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+    "pyenvoy.filters.tcp_proxy",
+    terminal=True,
+)
+
+echo = NetworkFilter(
+    "envoy.filters.network.echo",
+    "type.googleapis.com/envoy.extensions.filters.network.echo.v3.Echo",
+    "pyenvoy.filters.echo",
+    terminal=True,
+)
