@@ -1,0 +1,3 @@
+"""
+The network layer: connections, filter chains, listeners.
+"""
