@@ -391,14 +391,7 @@ class BootstrapParser:
         endpoints = self._parseLoadAssignment(section.section("load_assignment"), kind)
         if kind == "LOGICAL_DNS" and len(endpoints) > 1:
             section.error("LOGICAL_DNS clusters must have a single endpoint", "load_assignment")
-        if kind == "STATIC":
-            for i, endpoint in enumerate(endpoints):
-                if not endpoint.address.isIP():
-                    section.error(
-                        f"{endpoint.address.address!r} is not an IP address "
-                        "(STATIC clusters need IPs; use STRICT_DNS for names)",
-                        "load_assignment.endpoints")
-        section.finish(unsupported=_CLUSTER_UNSUPPORTED + ("dns_refresh_rate_unused",))
+        section.finish(unsupported=_CLUSTER_UNSUPPORTED)
         if not name:
             return None
         return ClusterConfig(
@@ -467,6 +460,11 @@ class BootstrapParser:
                 hostname = endpoint.string("hostname", "") or ""
                 endpoint.finish(unsupported=("health_check_config", "additional_addresses"))
                 if address is not None:
+                    if kind == "STATIC" and not address.isIP():
+                        endpoint.error(
+                            f"{address.address!r} is not an IP address (STATIC clusters "
+                            "need IPs; use STRICT_DNS for names)",
+                            "address.socket_address.address")
                     if address.port == 0:
                         endpoint.error("port_value must be set for an endpoint",
                                        "address.socket_address.port_value")
@@ -519,6 +517,9 @@ class BootstrapParser:
                 listenerFilters.append(filterConfig)
         chains = []
         isUdp = address is not None and address.protocol == "UDP"
+        if isUdp:
+            section.error("UDP listeners are not supported by pyenvoy yet",
+                          "address.socket_address.protocol")
         for index, sub in enumerate(section.sections("filter_chains")):
             chain = self._parseChain(sub, context, f"filter_chain_{index}")
             if chain is not None:

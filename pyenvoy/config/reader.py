@@ -133,6 +133,7 @@ class Section:
         self.raw: dict[str, Any] = {}
         self._keys: dict[str, str] = {}
         self._seen: set[str] = set()
+        self._finished = False
         self.valid = isinstance(raw, dict)
         if raw is None:
             self.valid = True
@@ -172,7 +173,9 @@ class Section:
 
     def _take(self, name: str, required: bool) -> Any:
         self._seen.add(name)
-        if name not in self.raw:
+        if self.raw.get(name) is None:
+            # proto3 JSON: null is the default value, so a required field
+            # given as null is as missing as one left out.
             if required:
                 self.error(f"missing required field {name!r}")
             return None
@@ -337,7 +340,11 @@ class Section:
         """
         Report every field that was not read: Envoy fields pyenvoy does not
         implement (C{unsupported}) are said to be so, the rest are unknown.
+        Only the first call reports.
         """
+        if self._finished:
+            return
+        self._finished = True
         for name in self.raw:
             if name in self._seen:
                 continue
@@ -352,7 +359,8 @@ class Section:
         Check that exactly one of C{names} (a proto oneof) is set, and
         return which.
         """
-        present = [n for n in names if n in self.raw]
+        self._seen.update(names)
+        present = [n for n in names if self.raw.get(n) is not None]
         if len(present) > 1:
             self.error(f"only one of {', '.join(present)} may be set")
             return present[0]

@@ -352,7 +352,6 @@ class TcpProxyFactory:
                     if name and weight:
                         weighted.append((name, weight))
                 wc.finish()
-        section.has("weighted_clusters")
         idle = section.duration("idle_timeout", 3600.0)
         attempts = section.uint32Value("max_connect_attempts", 1, minimum=1) or 1
         duration = section.duration("max_downstream_connection_duration")

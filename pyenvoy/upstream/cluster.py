@@ -154,7 +154,7 @@ class Cluster:
         v4 = [a for a in addresses if isinstance(a, IPv4Address)]
         v6 = [a for a in addresses if isinstance(a, IPv6Address)]
         if family == "AUTO":
-            return v6 + v4 if v6 else v4
+            return v6 if v6 else v4
         if family == "V4_PREFERRED":
             return v4 if v4 else v6
         return v4 + v6
