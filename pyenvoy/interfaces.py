@@ -150,17 +150,6 @@ class IWriteFilter(Interface):
         """
 
 
-class IConnectionObserver(Interface):
-    """
-    Optional for filters: told when the connection closes.
-    """
-
-    def onConnectionClosed(event: str) -> None:
-        """
-        C{event} is C{"remote_close"} or C{"local_close"}.
-        """
-
-
 class INetworkFilterFactory(Interface):
     """
     A Twisted plugin that makes one kind of network filter from its config.

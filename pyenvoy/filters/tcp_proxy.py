@@ -38,6 +38,9 @@ _COUNTERS = (
     "downstream_flow_control_resumed_reading_total", "early_data_received_count_total",
     "idle_timeout", "max_downstream_connection_duration", "upstream_flush_total",
 )
+#: How many times per idle_timeout the idle timer looks for activity.
+IDLE_CHECKS = 8
+
 _GAUGES = ("downstream_cx_rx_bytes_buffered", "downstream_cx_tx_bytes_buffered",
            "upstream_flush_active")
 
@@ -147,7 +150,10 @@ class TcpProxyFilter:
         self.downstreamClosed = False
         self._idleTimer: Any = None
         self._durationTimer: Any = None
-        self._lastActivity = 0.0
+        self._early: list[tuple[bytes, bool]] = []
+        self._idleTick = 0.0
+        self._idleFor = 0.0
+        self._idleBytes = 0
 
     # -- read filter -----------------------------------------------------------
 
@@ -171,8 +177,8 @@ class TcpProxyFilter:
             self._durationTimer = self.reactor.callLater(
                 config.maxDownstreamConnectionDuration, self._durationReached)
         if config.idleTimeout:
-            self._lastActivity = self.reactor.seconds()
-            self._idleTimer = self.reactor.callLater(config.idleTimeout, self._idleCheck)
+            self._idleTick = config.idleTimeout / IDLE_CHECKS
+            self._idleTimer = self.reactor.callLater(self._idleTick, self._idleCheck)
         self._connect()
         return FilterStatus.STOP_ITERATION
 
@@ -187,8 +193,10 @@ class TcpProxyFilter:
                 upstream.write(data)
             if endStream:
                 upstream.endStream()
-            if self._idleTimer is not None:
-                self._lastActivity = self.reactor.seconds()
+        else:
+            # Before the upstream connects (bytes replayed after listener
+            # filters, or already in flight): keep them for the connect.
+            self._early.append((data, endStream))
         return FilterStatus.STOP_ITERATION
 
     # -- connecting --------------------------------------------------------------
@@ -226,6 +234,9 @@ class TcpProxyFilter:
         info.upstreamLocalAddress = upstream.localAddress
         upstream.registerProducer(_DownstreamPauser(self))
         self.connection.registerProducer(_UpstreamPauser(upstream), True)
+        early, self._early = self._early, []
+        for data, endStream in early:
+            self.onData(data, endStream)
         self.connection.readDisable(False)
 
     def upstreamConnectFailed(self, reason: str, timedOut: bool) -> None:
@@ -241,11 +252,10 @@ class TcpProxyFilter:
         if self.attempts < self.config.maxConnectAttempts:
             self._connect()
             return
-        if self.config.maxConnectAttempts > 1:
-            info.setResponseFlag(ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
-            cluster = self.shared.clusterManager.get(info.upstreamCluster)
-            if cluster is not None:
-                cluster.stats.upstream_cx_connect_attempts_exceeded.value += 1
+        info.setResponseFlag(ResponseFlag.UPSTREAM_RETRY_LIMIT_EXCEEDED)
+        cluster = self.shared.clusterManager.get(info.upstreamCluster)
+        if cluster is not None:
+            cluster.stats.upstream_cx_connect_attempts_exceeded.value += 1
         self.connection.close(CloseType.NO_FLUSH, "upstream_connect_failed")
 
     # -- relaying back -------------------------------------------------------------
@@ -256,8 +266,6 @@ class TcpProxyFilter:
         """
         self.shared.downstream_cx_tx_bytes_total.value += len(data)
         self.connection.write(data)
-        if self._idleTimer is not None:
-            self._lastActivity = self.reactor.seconds()
 
     def upstreamEndStream(self) -> None:
         """
@@ -275,7 +283,7 @@ class TcpProxyFilter:
         self.upstream = None
         if self.downstreamClosed:
             return
-        if not localClose:
+        if not localClose and upstream is not None and not upstream.cleanClose:
             self.streamInfo.setResponseFlag(ResponseFlag.UPSTREAM_CONNECTION_TERMINATION)
         self.connection.close(CloseType.FLUSH_WRITE, "upstream_closed")
 
@@ -308,11 +316,20 @@ class TcpProxyFilter:
         self._idleTimer = self._durationTimer = None
 
     def _idleCheck(self) -> None:
+        # Activity is read off the byte counts a few times per timeout, so
+        # the data path pays nothing for the idle timer; a connection idles
+        # out within one tick (idle_timeout / IDLE_CHECKS) of Envoy's moment.
+        info = self.streamInfo
+        moved = info.bytesReceived + info.bytesSent
+        if moved != self._idleBytes:
+            self._idleBytes = moved
+            self._idleFor = 0.0
+        else:
+            self._idleFor += self._idleTick
         timeout = self.config.idleTimeout
         assert timeout is not None
-        remaining = self._lastActivity + timeout - self.reactor.seconds()
-        if remaining > 0:
-            self._idleTimer = self.reactor.callLater(remaining, self._idleCheck)
+        if self._idleFor < timeout - 1e-9:
+            self._idleTimer = self.reactor.callLater(self._idleTick, self._idleCheck)
             return
         self._idleTimer = None
         self.shared.idle_timeout.value += 1

@@ -48,9 +48,14 @@ class _ReadEntry:
 
     def injectReadData(self, data: bytes, endStream: bool) -> None:
         """
-        See L{IReadFilterCallbacks.injectReadData}.
+        See L{IReadFilterCallbacks.injectReadData}.  A stopped filter that
+        injects has taken over what it was holding, so that is dropped.
         """
-        self.manager._iterate(self.index + 1, data, endStream)
+        manager = self.manager
+        if manager._stoppedAt == self.index:
+            manager._held = []
+            manager._heldEnd = False
+        manager._iterate(self.index + 1, data, endStream)
 
 
 @implementer(IWriteFilterCallbacks)
@@ -114,6 +119,24 @@ class FilterManager:
         for w in self._writes:
             w.filter.initializeWriteFilterCallbacks(w)
         self._iterate(0, b"", False)
+
+    def singleReader(self) -> Callable[[bytes, bool], Any] | None:
+        """
+        When the chain is one initialized read filter, its C{onData}: with
+        nothing after it nothing can be held, so reads may go straight to
+        it (the common tcp_proxy-only chain).
+        """
+        reads = self._reads
+        if len(reads) == 1 and reads[0].initialized and self._stoppedAt is None:
+            # Twisted never delivers an empty read, so no guard is needed.
+            return reads[0].filter.onData  # type: ignore[no-any-return]
+        return None
+
+    def hasWriteFilters(self) -> bool:
+        """
+        Whether any filter looks at outgoing bytes.
+        """
+        return bool(self._writes)
 
     def onRead(self, data: bytes, endStream: bool) -> None:
         """

@@ -8,6 +8,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
@@ -52,6 +53,8 @@ class UpstreamConnection:
         self.localClose = False
         #: Set by a filter that closed us with bytes still to send.
         self.flushing = False
+        #: Whether the upstream closed with a FIN (not a reset or an error).
+        self.cleanClose = True
         self.localAddress: tuple[str, int] | None = None
         self._started = reactor.seconds()
         self._connectedAt: float | None = None
@@ -102,6 +105,9 @@ class UpstreamConnection:
         self.cluster.stats.upstream_cx_connect_ms.record((now - self._started) * 1000)
         transport = protocol.transport
         transport.bufferSize = min(self.bufferLimit, 65536)
+        setNoDelay = getattr(transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            setNoDelay(True)
         host = transport.getHost()
         self.localAddress = (host.host, host.port)
         self.handler.upstreamConnected(self)
@@ -259,6 +265,8 @@ class _UpstreamProtocol(Protocol):
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if reason is not None and not reason.check(ConnectionDone):
+            self.upstream.cleanClose = False
         self.upstream._lost()
 
 
