@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from twisted.application.service import Service
 from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
 from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
@@ -27,6 +28,8 @@ from pyenvoy.network.listener import StartupError
 from pyenvoy.stats_format import STAT_TYPES, renderJson, renderPrometheus, renderText
 from pyenvoy.upstream.cluster import Cluster
 from pyenvoy.upstream.host import Host
+
+log = Logger()
 
 #: Content types of admin responses, as Envoy sends them.
 TEXT = "text/plain; charset=UTF-8"
@@ -615,6 +618,8 @@ class AdminService(Service):
                                                        interface=address.address)
         except CannotListenError as e:
             raise StartupError(f"admin.address: cannot bind {address}: {e.socketError}") from None
+        host = self.port.getHost()
+        log.info("admin on {host}:{port}", host=host.host, port=host.port)
 
     def boundAddress(self) -> tuple[str, int] | None:
         """

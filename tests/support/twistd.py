@@ -327,7 +327,7 @@ def receiveExactly(sock: socket.socket, size: int) -> bytes:
     """
     Read exactly C{size} bytes (fewer only if the peer closes first).
     """
-    chunks = []
+    chunks: list[bytes] = []
     while size > 0:
         chunk = sock.recv(size)
         if not chunk:
@@ -341,7 +341,7 @@ def receiveAll(sock: socket.socket) -> bytes:
     """
     Read until the peer closes its side.
     """
-    chunks = []
+    chunks: list[bytes] = []
     while True:
         chunk = sock.recv(65536)
         if not chunk:
