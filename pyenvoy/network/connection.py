@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pyenvoy.interfaces import CloseType, IFilterConnection
+from pyenvoy.network.direct_write import directWriter
 from pyenvoy.network.filter_manager import FilterManager
 from pyenvoy.stream_info import StreamInfo
 
@@ -89,6 +90,7 @@ class Connection(Protocol):
         setNoDelay = getattr(transport, "setTcpNoDelay", None)
         if setNoDelay is not None:
             setNoDelay(True)
+        self._send = directWriter(transport)
         info = self.streamInfo
         info.downstreamRemoteAddress = peerTuple(transport.getPeer())
         info.downstreamLocalAddress = peerTuple(transport.getHost())
@@ -212,7 +214,7 @@ class Connection(Protocol):
             return
         if data:
             self.streamInfo.bytesSent += len(data)
-            self.transport.write(data)
+            self._send(data)
         if endStream:
             self.transport.loseWriteConnection()
 

@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pyenvoy.config.bootstrap import ClusterConfig
+from pyenvoy.network.direct_write import directWriter
 from pyenvoy.stats import Store
 from pyenvoy.upstream.cluster import Cluster
 from pyenvoy.upstream.host import Host
@@ -105,6 +106,7 @@ class UpstreamConnection:
         self.cluster.stats.upstream_cx_connect_ms.record((now - self._started) * 1000)
         transport = protocol.transport
         transport.bufferSize = min(self.bufferLimit, 65536)
+        self._send = directWriter(transport)
         setNoDelay = getattr(transport, "setTcpNoDelay", None)
         if setNoDelay is not None:
             setNoDelay(True)
@@ -163,7 +165,7 @@ class UpstreamConnection:
         Send bytes to the upstream host.
         """
         self.cluster.stats.upstream_cx_tx_bytes_total.value += len(data)
-        self.protocol.transport.write(data)  # type: ignore[union-attr]
+        self._send(data)
 
     def pendingWrite(self) -> bool:
         """

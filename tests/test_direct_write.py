@@ -1,0 +1,81 @@
+"""
+Write-through on real loopback sockets: sent at once when nothing is
+queued, queued behind anything already waiting, order always kept.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol
+from twisted.trial.unittest import TestCase
+
+from pyenvoy.network.direct_write import directWriter
+from pyenvoy.testing import HarnessTransport
+from tests.support.net import Client, connect, listen
+
+
+class DirectWriteTests(TestCase):
+    """
+    L{directWriter} on a real TCP transport.
+    """
+
+    async def serverAndClient(self) -> tuple[Protocol, Client]:
+        """
+        A connected server-side protocol and its client.
+        """
+        made: Deferred = Deferred()
+
+        class Server(Protocol):
+            def connectionMade(self) -> None:
+                made.callback(self)
+
+        port = listen(self, Server)
+        client = await connect(port)
+        server = await made
+        self.addCleanup(server.transport.abortConnection)
+        return server, client
+
+    async def test_sendsAtOnceWhenNothingQueued(self) -> None:
+        """
+        With an empty queue the bytes go to the kernel right away: nothing
+        is left in Twisted's buffer.
+        """
+        server, client = await self.serverAndClient()
+        send = directWriter(server.transport)
+        send(b"now")
+        self.assertEqual(server.transport.dataBuffer, b"")
+        self.assertEqual(server.transport._tempDataLen, 0)
+        for _ in range(500):
+            if client.data() == b"now":
+                break
+            d: Deferred = Deferred()
+            reactor.callLater(0.01, d.callback, None)
+            await d
+        self.assertEqual(client.data(), b"now")
+
+    async def test_queuesBehindWaitingBytes(self) -> None:
+        """
+        Bytes already queued by transport.write go first; the rest follow
+        in order, and a large write that the kernel cannot take at once is
+        queued, not lost.
+        """
+        server, client = await self.serverAndClient()
+        send = directWriter(server.transport)
+        server.transport.write(b"first-")
+        send(b"second-")
+        self.assertEqual(server.transport._tempDataLen, len(b"first-second-"))
+        big = os.urandom(8 * 1024 * 1024)
+        send(big)
+        server.transport.loseConnection()
+        await client.closed
+        self.assertEqual(client.data(), b"first-second-" + big)
+
+    def test_otherTransportsUseTheirOwnWrite(self) -> None:
+        """
+        A transport that is not a plain TCP connection keeps its write.
+        """
+        transport = HarnessTransport()
+        self.assertEqual(directWriter(transport), transport.write)
