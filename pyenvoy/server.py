@@ -5,12 +5,10 @@ cluster manager, a service per listener and the admin site.
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any, Callable
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from pyenvoy import __version__
@@ -208,11 +206,4 @@ def installSignalDrain(server: Server, reactor: Any) -> None:
     reactor.callWhenRunning(install)
 
 
-def pidInfo() -> dict[str, Any]:
-    """
-    Process facts for C{/server_info}.
-    """
-    return {"pid": os.getpid(), "python": sys.version.split()[0]}
-
-
-__all__ = ["Server", "ServerContext", "installSignalDrain", "succeed"]
+__all__ = ["Server", "ServerContext", "installSignalDrain"]

@@ -9,28 +9,19 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import textwrap
 import time
 from typing import Sequence
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support.twistd import twistdCommand
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHIPPED_CONFIG = os.path.join(os.path.dirname(HERE), "etc", "pyenvoy.yaml")
 ECHO_TYPE = "type.googleapis.com/envoy.extensions.filters.network.echo.v3.Echo"
 TIMEOUT = 60
 
-
-def twistdCommand() -> list[str]:
-    """
-    The venv's C{twistd} script next to this interpreter, or the same
-    entry point run by this interpreter.
-    """
-    script = os.path.join(os.path.dirname(sys.executable), "twistd")
-    if os.path.exists(script):
-        return [script]
-    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
 def freePort() -> int:

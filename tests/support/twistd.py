@@ -30,9 +30,8 @@ STEP = 0.05
 _LISTENER_LINE = re.compile(r"\blistener (?P<name>\S+) on (?P<host>\S+):(?P<port>\d+)$",
                             re.MULTILINE)
 
-#: The admin service logs nothing itself; Twisted's C{tcp.Port} logs
-#: "<factory class> starting on <port>" for every port it binds.
-_ADMIN_LINE = re.compile(r"\bAdminSite starting on (?P<port>\d+)$", re.MULTILINE)
+#: The admin service logs "admin on <host>:<port>" once bound.
+_ADMIN_LINE = re.compile(r"\badmin on \S+:(?P<port>\d+)$", re.MULTILINE)
 
 
 def twistdCommand() -> list[str]:
