@@ -194,6 +194,10 @@ class Server(MultiService):
 def installSignalDrain(server: Server, reactor: Any) -> None:
     """
     Make SIGTERM drain before exiting (twistd's own handler stops at once).
+
+    Installed now, so a SIGTERM during start-up queues a drain for when
+    the reactor runs, and again once it runs, because the reactor puts its
+    own handler in place as it starts.
     """
     import signal
 
@@ -203,6 +207,7 @@ def installSignalDrain(server: Server, reactor: Any) -> None:
     def install() -> None:
         signal.signal(signal.SIGTERM, onSignal)
 
+    install()
     reactor.callWhenRunning(install)
 
 
