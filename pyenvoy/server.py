@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from pyenvoy import __version__
 from pyenvoy.config.bootstrap import Bootstrap
 from pyenvoy.network.listener import ListenerService, StartupError
+from pyenvoy.network.udp_listener import UdpListenerService
 from pyenvoy.stats import Store
 from pyenvoy.upstream import ClusterManager
 
@@ -37,7 +38,7 @@ class ServerContext:
         self.reactor = reactor
         self.store = Store()
         self.clusterManager = ClusterManager(bootstrap.clusters, self.store, reactor)
-        self.listeners: list[ListenerService] = []
+        self.listeners: list[ListenerService | UdpListenerService] = []
         self.state = "PRE_INITIALIZING"
         self.healthCheckFailed = False
         self.drainTime = drainTime
@@ -95,7 +96,11 @@ class Server(MultiService):
         context.shutdown = self.shutdown
         context.startDraining = self.drain
         for config in bootstrap.listeners:
-            service = ListenerService(config, context)
+            service: ListenerService | UdpListenerService
+            if config.isUdp:
+                service = UdpListenerService(config, context)
+            else:
+                service = ListenerService(config, context)
             service.setServiceParent(self)
             context.listeners.append(service)
             context.store.counter("listener_manager.listener_added").value += 1

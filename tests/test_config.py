@@ -488,8 +488,8 @@ class LoadTests(ConfigTestCase):
             {"static_resources": {"clusters": [cluster(lb_policy="FASTEST")]}}))
         e = self.assertRaises(ConfigErrors, load, path)
         self.assertEqual([error.path for error in e.errors], [f"{C0}.lb_policy"])
-        self.assertIn("expected one of ROUND_ROBIN, LEAST_REQUEST, RANDOM, got the string "
-                      "'FASTEST'", e.errors[0].message)
+        self.assertIn("expected one of ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV, "
+                      "got the string 'FASTEST'", e.errors[0].message)
 
     def test_badJSON(self) -> None:
         """
@@ -605,7 +605,7 @@ class BootstrapTests(ConfigTestCase):
               clusters:
               - name: backend
                 connect_timeout: soon
-                lb_policy: RING_HASH
+                lb_policy: CLUSTER_PROVIDED
               - name: backend
             """)
         e = self.assertRaises(ConfigErrors, parse, raw)
@@ -1102,12 +1102,15 @@ class ClusterTests(ConfigTestCase):
 
     def test_unsupportedLbPolicy(self) -> None:
         """
-        RING_HASH and MAGLEV are Envoy's but not pyenvoy's yet.
+        CLUSTER_PROVIDED and LOAD_BALANCING_POLICY_CONFIG are Envoy's but not
+        pyenvoy's yet.
         """
-        self.assertErrors(bootstrap(clusters=[cluster(lb_policy="RING_HASH"),
-                                              cluster("other", lb_policy="MAGLEV")]), [
-            (f"{C0}.lb_policy", "RING_HASH is not supported by pyenvoy yet"),
-            ("static_resources.clusters[1].lb_policy", "MAGLEV is not supported by pyenvoy yet"),
+        self.assertErrors(bootstrap(clusters=[
+            cluster(lb_policy="CLUSTER_PROVIDED"),
+            cluster("other", lb_policy="LOAD_BALANCING_POLICY_CONFIG")]), [
+            (f"{C0}.lb_policy", "CLUSTER_PROVIDED is not supported by pyenvoy yet"),
+            ("static_resources.clusters[1].lb_policy",
+             "LOAD_BALANCING_POLICY_CONFIG is not supported by pyenvoy yet"),
         ])
 
     def test_unknownLbPolicy(self) -> None:
@@ -1116,8 +1119,8 @@ class ClusterTests(ConfigTestCase):
         """
         self.assertError(bootstrap(clusters=[cluster(lb_policy="round_robin")]),
                          f"{C0}.lb_policy",
-                         "expected one of ROUND_ROBIN, LEAST_REQUEST, RANDOM, got the string "
-                         "'round_robin'")
+                         "expected one of ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, "
+                         "MAGLEV, got the string 'round_robin'")
 
     def test_unsupportedFields(self) -> None:
         """

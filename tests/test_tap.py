@@ -297,7 +297,7 @@ class StartupTests(TwistdTestCase):
         self.assertLines(result.stderr, [
             f"pyenvoy: {path}: 1 config error(s):",
             "static_resources.clusters[0].lb_policy: expected one of ROUND_ROBIN, "
-            "LEAST_REQUEST, RANDOM, got the string 'FASTEST'",
+            "LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV, got the string 'FASTEST'",
         ])
         # twistd logs "starting up" once it runs the application; it never did.
         self.assertNotIn("starting up", result.stdout + result.stderr)

@@ -25,6 +25,40 @@ DEFAULT_MAX_PENDING_REQUESTS = 1024
 DEFAULT_MAX_REQUESTS = 1024
 DEFAULT_MAX_RETRIES = 3
 
+#: Envoy's ring hash defaults and limit (C{ring_hash_lb_config}).
+DEFAULT_MIN_RING_SIZE = 1024
+DEFAULT_MAX_RING_SIZE = 8 * 1024 * 1024
+MAX_RING_SIZE = 8 * 1024 * 1024
+
+#: Envoy's Maglev default table size (a prime) and limit (C{maglev_lb_config}).
+DEFAULT_MAGLEV_TABLE_SIZE = 65537
+MAX_MAGLEV_TABLE_SIZE = 5000011
+
+
+def isPrime(n: int) -> bool:
+    """
+    Whether C{n} is prime (Maglev table sizes must be).
+    """
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    divisor = 3
+    while divisor * divisor <= n:
+        if n % divisor == 0:
+            return False
+        divisor += 2
+    return True
+
+
+def _uint64Value(section: Section, name: str, default: int, maximum: int) -> int:
+    # A google.protobuf.UInt64Value: a bare integer or {value: N}.
+    value = section.raw.get(name)
+    if isinstance(value, dict) and set(value) == {"value"}:
+        section.raw[name] = value["value"]
+    result = section.integer(name, default, minimum=0, maximum=maximum)
+    return default if result is None else result
+
 _BOOTSTRAP_UNSUPPORTED = (
     "node_context_params", "dynamic_resources", "cluster_manager", "hds_config",
     "flags_path", "stats_sinks", "deferred_stat_options", "stats_config",
@@ -45,7 +79,7 @@ _ADMIN_UNSUPPORTED = (
 _LISTENER_UNSUPPORTED = (
     "additional_addresses", "filter_chain_matcher", "use_original_dst", "deprecated_v1",
     "transparent", "freebind", "socket_options", "tcp_fast_open_queue_length",
-    "udp_listener_config", "api_listener", "connection_balance_config", "reuse_port",
+    "api_listener", "connection_balance_config", "reuse_port",
     "access_log", "max_connections_to_accept_per_socket_event", "bind_to_port",
     "internal_listener", "enable_mptcp", "ignore_global_conn_limit",
     "bypass_overload_manager", "listener_specifier", "fcds_config",
@@ -61,8 +95,8 @@ _CLUSTER_UNSUPPORTED = (
     "dns_jitter", "dns_failure_refresh_rate", "dns_resolvers",
     "use_tcp_for_dns_lookups", "dns_resolution_config", "typed_dns_resolver_config",
     "outlier_detection", "cleanup_interval", "upstream_bind_config", "lb_subset_config",
-    "ring_hash_lb_config", "maglev_lb_config", "original_dst_lb_config",
-    "round_robin_lb_config", "common_lb_config", "transport_socket", "protocol_selection",
+    "original_dst_lb_config",
+    "round_robin_lb_config", "transport_socket", "protocol_selection",
     "upstream_connection_options", "close_connections_on_host_health_failure",
     "ignore_health_on_host_removal", "filters", "load_balancing_policy", "lrs_server",
     "track_timeout_budgets", "upstream_config", "track_cluster_stats",
@@ -70,8 +104,19 @@ _CLUSTER_UNSUPPORTED = (
     "transport_socket_matches", "lrs_report_endpoint_metrics",
 )
 
+#: Envoy's C{DEFAULT_UDP_MAX_DATAGRAM_SIZE}: what a UDP socket reads at most
+#: per datagram unless C{max_rx_datagram_size} says otherwise.
+DEFAULT_UDP_MAX_DATAGRAM_SIZE = 1500
+
+#: The UDP listener filter a UDP listener needs (the only one there is).
+UDP_PROXY_FILTER = "envoy.filters.udp_listener.udp_proxy"
+
 CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "LOGICAL_DNS")
-LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
+LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV")
+RING_HASH_FUNCTIONS = ("XX_HASH", "MURMUR_HASH_2")
+# The cluster's lb_config oneof: at most one of these may be set.
+_LB_CONFIGS = ("ring_hash_lb_config", "maglev_lb_config", "original_dst_lb_config",
+               "least_request_lb_config", "round_robin_lb_config")
 
 
 @dataclass(frozen=True)
@@ -124,6 +169,21 @@ class FilterChainConfig:
 
 
 @dataclass(frozen=True)
+class UdpSocketConfig:
+    """
+    A C{config.core.v3.UdpSocketConfig}: how a UDP socket reads.
+
+    @ivar maxRxDatagramSize: the largest datagram read whole; a larger one
+        is dropped and counted.
+    @ivar preferGro: accepted for compatibility; pyenvoy reads one datagram
+        per system call either way.
+    """
+
+    maxRxDatagramSize: int = DEFAULT_UDP_MAX_DATAGRAM_SIZE
+    preferGro: bool = False
+
+
+@dataclass(frozen=True)
 class ListenerConfig:
     """
     One C{static_resources.listeners[]} entry.
@@ -141,6 +201,15 @@ class ListenerConfig:
     tcpBacklogSize: int
     drainType: str
     path: str
+    #: C{udp_listener_config.downstream_socket_config} (UDP listeners only).
+    downstreamSocketConfig: UdpSocketConfig = field(default_factory=UdpSocketConfig)
+
+    @property
+    def isUdp(self) -> bool:
+        """
+        Whether this is a UDP listener (C{protocol: UDP}).
+        """
+        return self.address.protocol == "UDP"
 
     @property
     def statRoot(self) -> str:
@@ -177,6 +246,26 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class RingHashLbConfig:
+    """
+    A cluster's C{ring_hash_lb_config} (used with C{lb_policy: RING_HASH}).
+    """
+
+    minimumRingSize: int = DEFAULT_MIN_RING_SIZE
+    maximumRingSize: int = DEFAULT_MAX_RING_SIZE
+    hashFunction: str = "XX_HASH"
+
+
+@dataclass(frozen=True)
+class MaglevLbConfig:
+    """
+    A cluster's C{maglev_lb_config} (used with C{lb_policy: MAGLEV}).
+    """
+
+    tableSize: int = DEFAULT_MAGLEV_TABLE_SIZE
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """
     One C{static_resources.clusters[]} entry.
@@ -195,6 +284,10 @@ class ClusterConfig:
     perConnectionBufferLimitBytes: int = DEFAULT_BUFFER_LIMIT
     altStatName: str = ""
     leastRequestChoiceCount: int = 2
+    ringHashLbConfig: RingHashLbConfig = field(default_factory=RingHashLbConfig)
+    maglevLbConfig: MaglevLbConfig = field(default_factory=MaglevLbConfig)
+    #: C{common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing}.
+    useHostnameForHashing: bool = False
     path: str = ""
 
     @property
@@ -286,6 +379,25 @@ def parseSocketAddress(section: Section | None, allowUdp: bool = True,
     return SocketAddress(address, port, protocol)
 
 
+def parseUdpSocketConfig(section: Section | None, preferGro: bool = False) -> UdpSocketConfig:
+    """
+    Read a C{UdpSocketConfig} (C{max_rx_datagram_size}, C{prefer_gro});
+    C{preferGro} is the default of the place it is used in.
+    """
+    if section is None:
+        return UdpSocketConfig(preferGro=preferGro)
+    size = section.uint32Value("max_rx_datagram_size", DEFAULT_UDP_MAX_DATAGRAM_SIZE, minimum=1)
+    if size is not None and size > 65535:
+        section.error(f"must be less than 65536, got {size}", "max_rx_datagram_size")
+        size = None
+    value = section.raw.get("prefer_gro")
+    if isinstance(value, dict) and set(value) == {"value"}:
+        section.raw["prefer_gro"] = value["value"]
+    gro = section.boolean("prefer_gro", preferGro)
+    section.finish()
+    return UdpSocketConfig(size or DEFAULT_UDP_MAX_DATAGRAM_SIZE, gro)
+
+
 def _requireIP(section: Section, address: SocketAddress | None) -> None:
     if address is not None and not address.isIP():
         section.problems.add(
@@ -368,8 +480,7 @@ class BootstrapParser:
         connectTimeout = section.duration("connect_timeout", 5.0, positive=True)
         lbPolicy = section.enum(
             "lb_policy", LB_POLICIES, "ROUND_ROBIN",
-            unsupported=("RING_HASH", "MAGLEV", "CLUSTER_PROVIDED",
-                         "LOAD_BALANCING_POLICY_CONFIG"))
+            unsupported=("CLUSTER_PROVIDED", "LOAD_BALANCING_POLICY_CONFIG"))
         bufferLimit = section.uint32Value("per_connection_buffer_limit_bytes",
                                           DEFAULT_BUFFER_LIMIT, minimum=1)
         altStatName = section.string("alt_stat_name", "")
@@ -379,6 +490,14 @@ class BootstrapParser:
         respectDnsTtl = section.boolean("respect_dns_ttl")
         family = section.enum("dns_lookup_family",
                               ("AUTO", "V4_ONLY", "V6_ONLY", "V4_PREFERRED", "ALL"), "AUTO")
+        lbConfigs = [n for n in _LB_CONFIGS if section.raw.get(n) is not None]
+        if len(lbConfigs) > 1:
+            section.error(f"only one of {', '.join(lbConfigs)} may be set "
+                          "(Envoy's lb_config oneof)")
+        ringHash = self._parseRingHashLbConfig(section.section("ring_hash_lb_config"),
+                                               lbPolicy == "RING_HASH")
+        maglev = self._parseMaglevLbConfig(section.section("maglev_lb_config"),
+                                           lbPolicy == "MAGLEV")
         choiceCount = 2
         leastRequest = section.section("least_request_lb_config")
         if leastRequest is not None:
@@ -391,6 +510,13 @@ class BootstrapParser:
         endpoints = self._parseLoadAssignment(section.section("load_assignment"), kind)
         if kind == "LOGICAL_DNS" and len(endpoints) > 1:
             section.error("LOGICAL_DNS clusters must have a single endpoint", "load_assignment")
+        useHostname = self._parseCommonLbConfig(section.section("common_lb_config"))
+        if useHostname and kind != "STRICT_DNS":
+            # Envoy: "Cannot use hostname for consistent hashing loadbalancing
+            # for cluster of type: 'envoy.cluster.static'", whatever the policy.
+            section.error(f"is only allowed for STRICT_DNS clusters, not {kind} ones",
+                          "common_lb_config.consistent_hashing_lb_config."
+                          "use_hostname_for_hashing")
         section.finish(unsupported=_CLUSTER_UNSUPPORTED)
         if not name:
             return None
@@ -401,8 +527,61 @@ class BootstrapParser:
             respectDnsTtl=respectDnsTtl,
             perConnectionBufferLimitBytes=bufferLimit or DEFAULT_BUFFER_LIMIT,
             altStatName=altStatName or "", leastRequestChoiceCount=choiceCount,
-            path=section.path,
+            ringHashLbConfig=ringHash, maglevLbConfig=maglev,
+            useHostnameForHashing=useHostname, path=section.path,
         )
+
+    def _parseCommonLbConfig(self, section: Section | None) -> bool:
+        # Only consistent_hashing_lb_config.use_hostname_for_hashing so far.
+        if section is None:
+            return False
+        useHostname = False
+        consistent = section.section("consistent_hashing_lb_config")
+        if consistent is not None:
+            useHostname = consistent.boolean("use_hostname_for_hashing")
+            consistent.finish(unsupported=("hash_balance_factor",))
+        section.finish(unsupported=(
+            "healthy_panic_threshold", "zone_aware_lb_config", "locality_weighted_lb_config",
+            "update_merge_window", "ignore_new_hosts_until_first_hc",
+            "close_connections_on_host_set_change", "override_host_status"))
+        return useHostname
+
+    def _parseRingHashLbConfig(self, section: Section | None, used: bool) -> RingHashLbConfig:
+        # As Envoy: the proto's limits always, minimum <= maximum only when
+        # lb_policy is RING_HASH.
+        if section is None:
+            return RingHashLbConfig()
+        minimum = _uint64Value(section, "minimum_ring_size", DEFAULT_MIN_RING_SIZE,
+                               MAX_RING_SIZE)
+        maximum = _uint64Value(section, "maximum_ring_size", DEFAULT_MAX_RING_SIZE,
+                               MAX_RING_SIZE)
+        hashFunction = section.enum("hash_function", RING_HASH_FUNCTIONS, "XX_HASH")
+        section.finish()
+        if minimum == 0:
+            section.error("must be at least 1 (with 0 Envoy builds an empty ring that never "
+                          "finds a host)", "minimum_ring_size")
+            minimum = DEFAULT_MIN_RING_SIZE
+        if used and minimum > maximum:
+            section.error(f"minimum_ring_size ({minimum}) > maximum_ring_size ({maximum}); "
+                          "the minimum must not exceed the maximum", "minimum_ring_size")
+        return RingHashLbConfig(minimum, maximum, hashFunction)
+
+    def _parseMaglevLbConfig(self, section: Section | None, used: bool) -> MaglevLbConfig:
+        # As Envoy: the proto's limit always, primality only when lb_policy
+        # is MAGLEV.
+        if section is None:
+            return MaglevLbConfig()
+        size = _uint64Value(section, "table_size", DEFAULT_MAGLEV_TABLE_SIZE,
+                            MAX_MAGLEV_TABLE_SIZE)
+        section.finish()
+        if used and not isPrime(size):
+            larger = max(size + 1, 2)
+            while not isPrime(larger):
+                larger += 1
+            section.error(f"must be a prime number, got {size} (the next prime is {larger}; "
+                          f"Envoy's default is {DEFAULT_MAGLEV_TABLE_SIZE})", "table_size")
+            size = DEFAULT_MAGLEV_TABLE_SIZE
+        return MaglevLbConfig(size)
 
     def _parseCircuitBreakers(self, section: Section | None) -> tuple[Thresholds, Thresholds]:
         default, high = Thresholds(), Thresholds(priority="HIGH")
@@ -517,9 +696,9 @@ class BootstrapParser:
                 listenerFilters.append(filterConfig)
         chains = []
         isUdp = address is not None and address.protocol == "UDP"
+        downstreamSocket = self._parseUdpListenerConfig(section.section("udp_listener_config"))
         if isUdp:
-            section.error("UDP listeners are not supported by pyenvoy yet",
-                          "address.socket_address.protocol")
+            self._checkUdpListener(section, listenerFilters)
         for index, sub in enumerate(section.sections("filter_chains")):
             chain = self._parseChain(sub, context, f"filter_chain_{index}")
             if chain is not None:
@@ -544,8 +723,33 @@ class BootstrapParser:
             perConnectionBufferLimitBytes=bufferLimit or DEFAULT_BUFFER_LIMIT,
             statPrefix=statPrefix, listenerFiltersTimeout=timeout or 0.0,
             continueOnListenerFiltersTimeout=continueOnTimeout, tcpBacklogSize=backlog,
-            drainType=drainType, path=section.path,
+            drainType=drainType, path=section.path, downstreamSocketConfig=downstreamSocket,
         )
+
+    def _parseUdpListenerConfig(self, section: Section | None) -> UdpSocketConfig:
+        if section is None:
+            return UdpSocketConfig()
+        config = parseUdpSocketConfig(section.section("downstream_socket_config"))
+        section.finish(unsupported=("quic_options", "udp_packet_packet_writer_config"))
+        return config
+
+    def _checkUdpListener(self, section: Section, listenerFilters: list[FilterConfig]) -> None:
+        """
+        A UDP listener is one udp_proxy listener filter and no filter
+        chains: the datagrams go to the filter, never to network filters.
+        """
+        for name in ("filter_chains", "default_filter_chain"):
+            if section.raw.get(name):
+                section.error("a UDP listener takes no filter chains; its "
+                              f"{UDP_PROXY_FILTER!r} listener filter handles the datagrams", name)
+        configured = section.raw.get("listener_filters") or []
+        if not configured:
+            section.error(f"a UDP listener needs the {UDP_PROXY_FILTER!r} listener filter",
+                          "listener_filters")
+        elif len(configured) > 1:
+            section.error(f"a UDP listener takes exactly one listener filter "
+                          f"({UDP_PROXY_FILTER!r}); more are not supported by pyenvoy yet",
+                          "listener_filters")
 
     def _parseChain(self, section: Section, context: ParseContext,
                     defaultName: str) -> FilterChainConfig | None:

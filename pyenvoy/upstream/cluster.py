@@ -98,7 +98,11 @@ class Cluster:
         #: Open L{pyenvoy.upstream.cluster_manager.UpstreamConnection}s.
         self.connections: set[Any] = set()
         self.hosts: list[Host] = []
-        self.lb = makeLoadBalancer(config.lbPolicy, [], config.leastRequestChoiceCount)
+        self.lb = makeLoadBalancer(config.lbPolicy, [], config.leastRequestChoiceCount,
+                                   ringHash=config.ringHashLbConfig,
+                                   maglev=config.maglevLbConfig,
+                                   useHostname=config.useHostnameForHashing,
+                                   scope=store.scope(f"cluster.{config.statName}"))
         self._dnsLoop: LoopingCall | None = None
         self._updateBreaker()
         if config.type == "STATIC":

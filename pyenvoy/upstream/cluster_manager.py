@@ -6,7 +6,7 @@ choice, circuit breaker, connect timeout and upstream stats live here.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol
@@ -299,6 +299,47 @@ class ClusterManager:
         store.gauge("cluster_manager.warming_clusters")
         store.counter("cluster_manager.cluster_modified")
         store.counter("cluster_manager.cluster_removed")
+        self._removedCallbacks: dict[str, list[Callable[[Cluster, list[Host]], None]]] = {}
+        for cluster in self.clusters.values():
+            self._watchMembership(cluster)
+
+    def _watchMembership(self, cluster: Cluster) -> None:
+        """
+        Tell the L{onHostsRemoved} subscribers of C{cluster} which hosts
+        each membership update took away (a host that stays keeps its
+        object, so identity tells).
+        """
+        setHosts = cluster.setHosts
+
+        def setHostsAndNotify(hosts: list[Host]) -> None:
+            before = cluster.hosts
+            setHosts(hosts)
+            callbacks = self._removedCallbacks.get(cluster.name)
+            if not callbacks:
+                return
+            kept = {id(h) for h in cluster.hosts}
+            removed = [h for h in before if id(h) not in kept]
+            if removed:
+                for callback in list(callbacks):
+                    callback(cluster, removed)
+
+        cluster.setHosts = setHostsAndNotify  # type: ignore[method-assign]
+
+    def onHostsRemoved(self, clusterName: str,
+                       callback: Callable[[Cluster, list[Host]], None]) -> Callable[[], None]:
+        """
+        Call C{callback(cluster, removedHosts)} whenever hosts leave
+        C{clusterName} (a DNS update dropped them), as Envoy's member update
+        callbacks do; return a function that unsubscribes.
+        """
+        callbacks = self._removedCallbacks.setdefault(clusterName, [])
+        callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            if callback in callbacks:
+                callbacks.remove(callback)
+
+        return unsubscribe
 
     def start(self) -> None:
         """
@@ -343,3 +384,66 @@ class ClusterManager:
                                       cluster.config.perConnectionBufferLimitBytes)
         upstream.start()
         return ConnectStatus.STARTED, upstream
+
+    # -- UDP sessions ----------------------------------------------------------
+    #
+    # A UDP session has no connection to open: the filter owns its socket.
+    # What the cluster manager keeps is the rest of Envoy's bookkeeping: a
+    # session counts against max_connections (as Envoy's udp_proxy counts
+    # it in the cluster's connection resource), and a refused one is
+    # counted as upstream_cx_overflow / upstream_cx_none_healthy.
+
+    def openUdpSession(self, clusterName: str, lbContext: Any = None
+                       ) -> tuple[ConnectStatus, Cluster | None, Host | None]:
+        """
+        Admit a new sticky UDP session on C{clusterName} and pick its host,
+        in Envoy's order: circuit breaker first, then the load balancer.
+
+        On C{STARTED} the session holds one C{max_connections} slot until
+        the caller gives it back with L{closeUdpSession}.
+        """
+        cluster = self.clusters.get(clusterName)
+        if cluster is None:
+            return ConnectStatus.NO_CLUSTER, None, None
+        if not self.admitUdpSession(cluster):
+            return ConnectStatus.OVERFLOW, cluster, None
+        host = cluster.lb.chooseHost(lbContext)
+        if host is None:
+            cluster.connectionRemoved()
+            cluster.stats.upstream_cx_none_healthy.value += 1
+            return ConnectStatus.NO_HOST, cluster, None
+        return ConnectStatus.STARTED, cluster, host
+
+    def chooseUdpHost(self, clusterName: str, lbContext: Any = None
+                      ) -> tuple[ConnectStatus, Cluster | None, Host | None]:
+        """
+        Pick a host of C{clusterName} for one datagram (per-packet load
+        balancing), counting C{upstream_cx_none_healthy} when there is
+        none.  The circuit breaker is not touched: a datagram that needs a
+        new session asks L{admitUdpSession} next.
+        """
+        cluster = self.clusters.get(clusterName)
+        if cluster is None:
+            return ConnectStatus.NO_CLUSTER, None, None
+        host = cluster.lb.chooseHost(lbContext)
+        if host is None:
+            cluster.stats.upstream_cx_none_healthy.value += 1
+            return ConnectStatus.NO_HOST, cluster, None
+        return ConnectStatus.STARTED, cluster, host
+
+    def admitUdpSession(self, cluster: Cluster) -> bool:
+        """
+        Take one C{max_connections} slot of C{cluster} for a new UDP
+        session, or count C{upstream_cx_overflow} and refuse.
+        """
+        if not cluster.canConnect():
+            cluster.stats.upstream_cx_overflow.value += 1
+            return False
+        cluster.connectionAdded()
+        return True
+
+    def closeUdpSession(self, cluster: Cluster) -> None:
+        """
+        Give back the C{max_connections} slot of a UDP session that ended.
+        """
+        cluster.connectionRemoved()

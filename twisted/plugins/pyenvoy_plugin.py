@@ -5,7 +5,7 @@ filters.  Declarations only; each filter's code loads when a config uses it.
 
 from twisted.application.service import ServiceMaker
 
-from pyenvoy.plugin import NetworkFilter
+from pyenvoy.plugin import NetworkFilter, UdpListenerFilter
 
 pyenvoyService = ServiceMaker(
     "pyenvoy", "pyenvoy.tap", "An Envoy-compatible L3/L4 proxy.", "pyenvoy")
@@ -22,4 +22,10 @@ echo = NetworkFilter(
     "type.googleapis.com/envoy.extensions.filters.network.echo.v3.Echo",
     "pyenvoy.filters.echo",
     terminal=True,
+)
+
+udpProxy = UdpListenerFilter(
+    "envoy.filters.udp_listener.udp_proxy",
+    "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig",
+    "pyenvoy.filters.udp_proxy",
 )
