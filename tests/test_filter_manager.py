@@ -222,3 +222,39 @@ class FilterFailureTests(SynchronousTestCase):
         healthy.receive(b"ok")
         self.assertEqual(healthy.written(), b"OK")
         self.assertFalse(healthy.closed)
+
+
+@implementer(IReadFilter)
+class Rewriter:
+    """
+    Stops on every read and injects an upper-cased copy.
+    """
+
+    def initializeReadFilterCallbacks(self, callbacks: Any) -> None:
+        self.callbacks = callbacks
+
+    def onNewConnection(self) -> FilterStatus:
+        return CONTINUE
+
+    def onData(self, data: bytes, endStream: bool) -> FilterStatus:
+        self.callbacks.injectReadData(data.replace(b"a", b"b"), endStream)
+        return STOP
+
+
+class RewriteTests(SynchronousTestCase):
+    """
+    A filter that rewrites reads by stopping and injecting.
+    """
+
+    def test_injectingFilterDoesNotResendOriginals(self) -> None:
+        """
+        The rewritten bytes reach the next filter once each; the originals
+        are never sent on.
+        """
+        log: list = []
+        rewriter = Rewriter()
+        harness = FilterHarness([rewriter, Terminal(log)])
+        harness.receive(b"aa")
+        harness.receive(b"ca")
+        rewriter.callbacks.continueReading()
+        self.assertEqual(harness.written(), b"BBCB")

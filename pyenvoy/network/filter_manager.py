@@ -38,6 +38,8 @@ class _ReadEntry:
         self.index = index
         self.filter = filter
         self.initialized = False
+        #: Set when the filter injected during its current onData call.
+        self.injected = False
         self.connection = manager.connection
 
     def continueReading(self) -> None:
@@ -55,6 +57,7 @@ class _ReadEntry:
         if manager._stoppedAt == self.index:
             manager._held = []
             manager._heldEnd = False
+        self.injected = True
         manager._iterate(self.index + 1, data, endStream)
 
 
@@ -181,8 +184,13 @@ class FilterManager:
                 self._hold(index, index, data, endStream)
                 return
             if data or endStream:
+                entry.injected = False
                 status = entry.filter.onData(data, endStream)
                 if status is STOP and index < last:
+                    if entry.injected:
+                        # It passed its own version on: nothing to hold.
+                        entry.injected = False
+                        return
                     self._hold(index, index + 1, data, endStream)
                     return
                 if until is not None and index == until:
