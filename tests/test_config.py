@@ -1257,12 +1257,14 @@ class NullValueTests(ConfigTestCase):
 
 class UdpListenerTests(ConfigTestCase):
     """
-    pyenvoy has no UDP listener yet, so C{protocol: UDP} must not pass.
+    C{protocol: UDP} is a udp_proxy listener or an error, never a TCP
+    listener.  (udp_proxy's own config: C{tests.test_udp_proxy_unit}.)
     """
 
     def test_udpListenerRefused(self) -> None:
         """
-        A UDP listener is refused, not validated and then bound as TCP.
+        A UDP listener with a network filter chain and no udp_proxy is
+        refused, not validated and then bound as TCP.
         """
         raw = listener()
         raw["address"]["socket_address"]["protocol"] = "UDP"

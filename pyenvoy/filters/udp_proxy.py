@@ -19,6 +19,8 @@ from twisted.logger import Logger
 
 from pyenvoy.config.bootstrap import ParseContext, UdpSocketConfig, parseUdpSocketConfig
 from pyenvoy.config.reader import Section
+from pyenvoy.stats import Counter, Store
+from pyenvoy.upstream.cluster import Cluster
 from pyenvoy.upstream.cluster_manager import ConnectStatus
 
 log = Logger()
@@ -40,18 +42,6 @@ GRO_DATAGRAMS_PER_RECEIVE = 16
 _UNSUPPORTED = (
     "use_original_src_ip", "access_log", "proxy_access_log", "access_log_options",
     "session_filters", "tunneling_config",
-)
-
-_DOWNSTREAM_COUNTERS = (
-    "downstream_sess_no_route", "downstream_sess_rx_bytes", "downstream_sess_rx_datagrams",
-    "downstream_sess_rx_errors", "downstream_sess_total", "downstream_sess_tx_bytes",
-    "downstream_sess_tx_datagrams", "downstream_sess_tx_errors", "idle_timeout",
-    "session_filter_config_missing",
-)
-_UPSTREAM_COUNTERS = (
-    "sess_rx_datagrams", "sess_rx_datagrams_dropped", "sess_rx_errors", "sess_tx_datagrams",
-    "sess_tx_errors", "sess_tunnel_success", "sess_tunnel_failure",
-    "sess_tunnel_buffer_overflow",
 )
 
 
@@ -95,28 +85,45 @@ class UdpProxyConfig:
 
 class UdpProxyStats:
     """
-    Envoy's C{udp.<stat_prefix>.*} stats, as attributes named like them.
+    Envoy's C{udp.<stat_prefix>.*} stats (C{ALL_UDP_PROXY_DOWNSTREAM_STATS}),
+    as attributes named like them.
     """
 
-    def __init__(self, store: Any, statPrefix: str) -> None:
+    def __init__(self, store: Store, statPrefix: str) -> None:
         scope = store.scope(f"udp.{statPrefix}")
-        for name in _DOWNSTREAM_COUNTERS:
-            setattr(self, name, scope.counter(name))
+        self.downstream_sess_no_route = scope.counter("downstream_sess_no_route")
+        self.downstream_sess_rx_bytes = scope.counter("downstream_sess_rx_bytes")
+        self.downstream_sess_rx_datagrams = scope.counter("downstream_sess_rx_datagrams")
+        self.downstream_sess_rx_errors = scope.counter("downstream_sess_rx_errors")
+        self.downstream_sess_total = scope.counter("downstream_sess_total")
+        self.downstream_sess_tx_bytes = scope.counter("downstream_sess_tx_bytes")
+        self.downstream_sess_tx_datagrams = scope.counter("downstream_sess_tx_datagrams")
+        self.downstream_sess_tx_errors = scope.counter("downstream_sess_tx_errors")
+        self.idle_timeout = scope.counter("idle_timeout")
+        self.session_filter_config_missing = scope.counter("session_filter_config_missing")
         self.downstream_sess_active = scope.gauge("downstream_sess_active")
 
 
 class UdpClusterStats:
     """
-    Envoy's C{cluster.<name>.udp.*} stats, plus the cluster's byte
-    counters a session adds to.
+    Envoy's C{cluster.<name>.udp.*} stats (C{ALL_UDP_PROXY_UPSTREAM_STATS}),
+    plus the cluster's byte counters a session adds to.  (The tunnel
+    counters stay at zero: pyenvoy has no UDP tunnelling.)
     """
 
-    def __init__(self, store: Any, cluster: Any) -> None:
+    def __init__(self, store: Store, cluster: Cluster) -> None:
         scope = store.scope(f"cluster.{cluster.config.statName}.udp")
-        for name in _UPSTREAM_COUNTERS:
-            setattr(self, name, scope.counter(name))
-        self.upstream_cx_rx_bytes_total = cluster.stats.upstream_cx_rx_bytes_total
-        self.upstream_cx_tx_bytes_total = cluster.stats.upstream_cx_tx_bytes_total
+        self.sess_rx_datagrams = scope.counter("sess_rx_datagrams")
+        self.sess_rx_datagrams_dropped = scope.counter("sess_rx_datagrams_dropped")
+        self.sess_rx_errors = scope.counter("sess_rx_errors")
+        self.sess_tx_datagrams = scope.counter("sess_tx_datagrams")
+        self.sess_tx_errors = scope.counter("sess_tx_errors")
+        self.sess_tunnel_success = scope.counter("sess_tunnel_success")
+        self.sess_tunnel_failure = scope.counter("sess_tunnel_failure")
+        self.sess_tunnel_buffer_overflow = scope.counter("sess_tunnel_buffer_overflow")
+        stats: Any = cluster.stats  # ClusterStats sets its counters by name
+        self.upstream_cx_rx_bytes_total: Counter = stats.upstream_cx_rx_bytes_total
+        self.upstream_cx_tx_bytes_total: Counter = stats.upstream_cx_tx_bytes_total
 
 
 class ActiveSession:
@@ -125,11 +132,13 @@ class ActiveSession:
     connected to it.
 
     @ivar activity: bumped by every datagram either way; the idle sweep
-        compares it with what it saw last time.
+        compares it with what it saw last time (C{seen}).
+    @ivar lastActive: when the sweep last saw the session active (its
+        creation, at first).
     """
 
     __slots__ = ("proxy", "key", "peer", "cluster", "host", "socket", "activity", "seen",
-                 "idleTicks", "closed", "_send", "_sendto", "_udp", "_stats", "_limit")
+                 "lastActive", "closed", "_send", "_sendto", "_udp", "_stats", "_limit")
 
     def __init__(self, proxy: "UdpProxyFilter", key: Any, peer: tuple[str, int],
                  cluster: Any, host: Any) -> None:
@@ -138,9 +147,10 @@ class ActiveSession:
         self.peer = peer
         self.cluster = cluster
         self.host = host
+        # The datagram that opens the session is forwarded next: seen already.
         self.activity = 0
-        self.seen = 0
-        self.idleTicks = 0
+        self.seen = 1
+        self.lastActive = proxy.reactor.seconds()
         self.closed = False
         self._udp = proxy.clusterStats(cluster)
         self._stats = proxy.stats
@@ -371,19 +381,20 @@ class UdpProxyFilter:
 
     def _sweep(self) -> None:
         # Activity is read off each session's counter a few times per
-        # timeout, so the data path pays nothing for the idle timer; a
-        # session expires between idle_timeout and idle_timeout plus one
-        # tick (idle_timeout / IDLE_CHECKS) after its last datagram.
+        # timeout, so the data path pays nothing for the idle timer (no
+        # clock read, no timer reset per datagram); a session expires
+        # between idle_timeout and idle_timeout plus one tick
+        # (idle_timeout / IDLE_CHECKS) after its last datagram.
         self._sweepTimer = None
+        now = self.reactor.seconds()
+        deadline = now - self.config.idleTimeout + 1e-9
         expired = []
         for session in self.sessions.values():
             if session.activity != session.seen:
                 session.seen = session.activity
-                session.idleTicks = 0
-            else:
-                session.idleTicks += 1
-                if session.idleTicks >= IDLE_CHECKS:
-                    expired.append(session)
+                session.lastActive = now
+            elif session.lastActive <= deadline:
+                expired.append(session)
         if expired:
             self.stats.idle_timeout.value += len(expired)
             for session in expired:
