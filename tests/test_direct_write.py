@@ -79,3 +79,32 @@ class DirectWriteTests(TestCase):
         """
         transport = HarnessTransport()
         self.assertEqual(directWriter(transport), transport.write)
+
+
+class DirectWriteTlsTests(TestCase):
+    """
+    A transport that has started TLS is never written to raw.
+    """
+
+    async def test_startedTlsFallsBackToTransportWrite(self) -> None:
+        """
+        Once C{transport.TLS} is set, writes go through the transport (which
+        would encrypt them), not straight to the socket.
+        """
+        made: Deferred = Deferred()
+
+        class Server(Protocol):
+            def connectionMade(self) -> None:
+                made.callback(self)
+
+        port = listen(self, Server)
+        client = await connect(port)
+        server = await made
+        self.addCleanup(server.transport.abortConnection)
+        self.addCleanup(client.transport.abortConnection)
+        calls = []
+        server.transport.write = calls.append
+        send = directWriter(server.transport)
+        server.transport.TLS = True
+        send(b"secret")
+        self.assertEqual(calls, [b"secret"])

@@ -5,7 +5,8 @@ Twisted's C{transport.write} always queues and sends on the next writable
 event, which costs two epoll changes and a loop turn per message.  A proxy
 relays mostly small messages to a socket with an empty queue, so it tries
 the send first (as Envoy does) and queues only what the kernel did not
-take.  Whenever anything is queued, or the transport is closing, it falls
+take.  Whenever anything is queued, the transport is closing or it has
+started TLS (the bytes must be encrypted), it falls
 back to C{transport.write}, so ordering, producers and errors stay
 Twisted's.
 """
@@ -29,7 +30,9 @@ def directWriter(transport: Any) -> Callable[[bytes], None]:
 
     def send(data: bytes) -> None:
         if (transport.dataBuffer or transport._tempDataLen or transport.disconnecting
-                or transport._writeDisconnecting or not transport.connected):
+                or transport._writeDisconnecting or not transport.connected
+                or transport.TLS):
+            # Queued bytes go first; a transport that started TLS must encrypt.
             write(data)
             return
         try:
