@@ -857,12 +857,14 @@ class ListenerTests(ConfigTestCase):
 
     def test_unsupportedChainField(self) -> None:
         """
-        A filter chain's C{transport_socket} (TLS) is not supported yet.
+        A filter chain's C{transport_socket_connect_timeout} is not supported yet.
         """
         raw = listener()
-        raw["filter_chains"][0]["transport_socket"] = {"name": "envoy.transport_sockets.tls"}
-        self.assertError(bootstrap([raw]), f"{L0}.filter_chains[0].transport_socket",
-                         "field 'transport_socket' is not supported by pyenvoy yet")
+        raw["filter_chains"][0]["transport_socket_connect_timeout"] = "1s"
+        self.assertError(bootstrap([raw]),
+                         f"{L0}.filter_chains[0].transport_socket_connect_timeout",
+                         "field 'transport_socket_connect_timeout' is not supported by "
+                         "pyenvoy yet")
 
     def test_wrongType(self) -> None:
         """
@@ -921,7 +923,8 @@ class FilterTests(ConfigTestCase):
             bootstrap([listener(filters=[{"name": "envoy.filters.network.echoo"}])]),
             f"{F0}.name",
             "unknown network filter 'envoy.filters.network.echoo'; known: "
-            "envoy.filters.network.echo, envoy.filters.network.tcp_proxy")
+            "envoy.filters.network.echo, envoy.filters.network.mongo_proxy, "
+            "envoy.filters.network.tcp_proxy")
 
     def test_unknownType(self) -> None:
         """
@@ -934,7 +937,9 @@ class FilterTests(ConfigTestCase):
                                           "network.redis_proxy.v3.RedisProxy"}}])]),
             f"{TC}.@type",
             "unknown network filter @type 'type.googleapis.com/envoy.extensions.filters."
-            f"network.redis_proxy.v3.RedisProxy'; known: {ECHO_TYPE}, {TCP_PROXY_TYPE}")
+            f"network.redis_proxy.v3.RedisProxy'; known: {ECHO_TYPE}, "
+            "type.googleapis.com/envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy, "
+            f"{TCP_PROXY_TYPE}")
 
     def test_missingType(self) -> None:
         """

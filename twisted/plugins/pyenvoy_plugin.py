@@ -24,6 +24,12 @@ echo = NetworkFilter(
     terminal=True,
 )
 
+mongoProxy = NetworkFilter(
+    "envoy.filters.network.mongo_proxy",
+    "type.googleapis.com/envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy",
+    "pyenvoy.filters.mongo_proxy",
+)
+
 udpProxy = UdpListenerFilter(
     "envoy.filters.udp_listener.udp_proxy",
     "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig",

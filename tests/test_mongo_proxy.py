@@ -1,0 +1,338 @@
+"""
+mongo_proxy: stats per opcode, delays on a clock, the access log, dynamic
+metadata (in memory), and pymongo through pyenvoy to a real nx-27017.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+from types import SimpleNamespace
+from typing import Any
+
+from twisted.internet import reactor, threads
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+
+from pyenvoy.filters.mongo_proxy import METADATA_NAMESPACE, MongoProxyConfig, factory
+from pyenvoy.interfaces import FilterStatus, IReadFilter
+from pyenvoy.stats import Store
+from pyenvoy.testing import FilterHarness
+from tests import mongo_frames as f
+from tests.support.net import listenerPort, startServer, stat, tcpProxyConfig
+
+
+@implementer(IReadFilter)
+class Sink:
+    """
+    A terminal filter that keeps what reaches it (the "upstream").
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+
+    def initializeReadFilterCallbacks(self, callbacks: Any) -> None:
+        pass
+
+    def onNewConnection(self) -> FilterStatus:
+        return FilterStatus.CONTINUE
+
+    def onData(self, data: bytes, endStream: bool) -> FilterStatus:
+        self.received += data
+        return FilterStatus.STOP_ITERATION
+
+
+def config(**kw: Any) -> MongoProxyConfig:
+    values = dict(statPrefix="m", accessLog=None, delaySeconds=None, delayPercent=(0, 100),
+                  emitDynamicMetadata=False, commands=("delete", "insert", "update", "find"))
+    values.update(kw)
+    return MongoProxyConfig(**values)
+
+
+class FilterTests(SynchronousTestCase):
+    """
+    The filter over an in-memory connection.
+    """
+
+    def make(self, **kw: Any) -> tuple[FilterHarness, Sink]:
+        self.store = Store()
+        self.sink = Sink()
+        harness = FilterHarness([])
+        makeFilter = factory.createFilterFactory(
+            config(**kw), SimpleNamespace(store=self.store, reactor=harness.reactor))
+        harness = FilterHarness([makeFilter(), self.sink], reactor=harness.reactor)
+        return harness, self.sink
+
+    def stat(self, name: str) -> Any:
+        found = self.store.get(f"mongo.m.{name}")
+        return None if found is None else (found.value if found.kind != "histogram"
+                                            else found.count)
+
+    def nonzero(self) -> dict[str, Any]:
+        out = {}
+        for s in self.store:
+            value = s.count if s.kind == "histogram" else s.value
+            if value:
+                out[s.name[len("mongo.m."):]] = value
+        return out
+
+    def test_legacyOpcodes(self) -> None:
+        """
+        Each legacy request counts its Envoy stat and passes through unchanged.
+        """
+        harness, sink = self.make()
+        data = (f.opQuery("app.users", {"a": 1}, flags=2 | 16 | 32 | 64)
+                + f.opQuery("app.users", {"_id": {"$in": [1, 2]}}, requestId=2)
+                + f.opGetMore("app.users", 9) + f.opInsert("app.users", [{"x": 1}])
+                + f.opUpdate("app.users", {}, {}) + f.opDelete("app.users", {})
+                + f.opKillCursors([9]))
+        harness.receive(data[:7])
+        harness.receive(data[7:])
+        self.assertEqual(sink.received, data)
+        harness.connection.write(f.opReply([{"a": 1}], cursorId=9, flags=3, responseTo=1))
+        self.assertEqual(self.nonzero(), {
+            "op_query": 2, "op_query_tailable_cursor": 1, "op_query_no_cursor_timeout": 1,
+            "op_query_await_data": 1, "op_query_exhaust": 1, "op_query_no_max_time": 2,
+            "op_query_scatter_get": 1, "op_query_multi_get": 1,
+            "collection.users.query.total": 2, "collection.users.query.scatter_get": 1,
+            "collection.users.query.multi_get": 1, "collection.users.query.reply_num_docs": 1,
+            "collection.users.query.reply_size": 1, "collection.users.query.reply_time_ms": 1,
+            "op_get_more": 1, "op_insert": 1, "op_update": 1, "op_delete": 1,
+            "op_kill_cursors": 1, "op_reply": 1, "op_reply_valid_cursor": 1,
+            "op_reply_cursor_not_found": 1, "op_reply_query_failure": 1,
+            "op_query_active": 1,
+        })
+
+    def test_commandAndCallsite(self) -> None:
+        """
+        $cmd queries count cmd.<name> (unknown_command if not listed); $comment
+        callsites get their own stats.
+        """
+        harness, _ = self.make()
+        harness.receive(f.opQuery("admin.$cmd", {"insert": "x"})
+                        + f.opQuery("admin.$cmd", {"ismaster": 1}, requestId=2)
+                        + f.opQuery("app.c", {"_id": 1, "$comment": '{"callingFunction": "fn"}',
+                                              "$maxTimeMS": 5}, requestId=3))
+        self.assertEqual(self.stat("cmd.insert.total"), 1)
+        self.assertEqual(self.stat("cmd.unknown_command.total"), 1)
+        self.assertEqual(self.stat("collection.c.callsite.fn.query.total"), 1)
+        self.assertEqual(self.stat("op_query_no_max_time"), 0)
+        self.assertEqual(self.stat("op_query_active"), 3)
+        harness.disconnect()
+        self.assertEqual(self.stat("cx_destroy_remote_with_active_rq"), 1)
+        self.assertEqual(self.stat("op_query_active"), 0)
+
+    def test_opMsg(self) -> None:
+        """
+        OP_MSG requests and replies: cmd stats, reply histograms, failures.
+        """
+        harness, _ = self.make()
+        harness.receive(f.opMsg({"find": "users", "filter": {}, "$db": "app"}, requestId=1)
+                        + f.opMsg({"bogus": 1, "$db": "app"}, requestId=2))
+        harness.reactor.advance(0.25)
+        harness.connection.write(f.opMsg(
+            {"cursor": {"id": 5, "ns": "app.users", "firstBatch": [{}, {}]}, "ok": 1.0},
+            requestId=3, responseTo=1)
+            + f.opMsg({"ok": 0.0, "code": 59, "errmsg": "no such command"}, responseTo=2))
+        self.assertEqual(self.stat("op_msg"), 2)
+        self.assertEqual(self.stat("op_msg_reply"), 2)
+        self.assertEqual(self.stat("op_msg_reply_valid_cursor"), 1)
+        self.assertEqual(self.stat("op_msg_reply_failure"), 1)
+        self.assertEqual(self.stat("cmd.find.total"), 1)
+        self.assertEqual(self.stat("cmd.unknown_command.total"), 1)
+        self.assertEqual(self.stat("collection.users.query.scatter_get"), 1)
+        hist = self.store.get("mongo.m.cmd.find.reply_time_ms")
+        self.assertEqual(hist.sum, 250)
+        self.assertEqual(self.store.get("mongo.m.cmd.find.reply_num_docs").sum, 2)
+        self.assertEqual(self.stat("op_query_active"), 0)
+
+    def test_compressed(self) -> None:
+        """
+        OP_COMPRESSED is counted and its inner message charged.
+        """
+        harness, _ = self.make()
+        harness.receive(f.compressed(f.opMsg({"insert": "c", "$db": "d"})))
+        self.assertEqual((self.stat("op_compressed"), self.stat("cmd.insert.total")), (1, 1))
+
+    def test_decodingError(self) -> None:
+        """
+        Garbage counts decoding_error once; bytes keep flowing untouched.
+        """
+        harness, sink = self.make()
+        harness.receive(b"\x05\x00\x00\x00garbage")
+        harness.receive(f.opMsg({"ping": 1}))
+        self.assertEqual(self.stat("decoding_error"), 1)
+        self.assertEqual(self.stat("op_msg"), 0)
+        self.assertEqual(sink.received, b"\x05\x00\x00\x00garbage" + f.opMsg({"ping": 1}))
+
+    def test_delay(self) -> None:
+        """
+        A request is held for fixed_delay, then passed on in order.
+        """
+        harness, sink = self.make(delaySeconds=1.0, delayPercent=(100, 100))
+        request = f.opMsg({"insert": "c", "$db": "d"})
+        harness.receive(request)
+        harness.receive(b"\x10")
+        self.assertEqual(sink.received, b"")
+        self.assertEqual(self.stat("delays_injected"), 1)
+        harness.reactor.advance(1.0)
+        self.assertEqual(sink.received, request + b"\x10")
+
+    def test_accessLog(self) -> None:
+        """
+        One Envoy-shaped JSON line per message.
+        """
+        path = self.mktemp()
+        harness, _ = self.make(accessLog=path)
+        harness.reactor.advance(1.5)
+        harness.receive(f.opQuery("app.users", {"a": 1}) + f.opMsg({"ping": 1, "$db": "admin"}))
+        harness.connection.write(f.opReply([{"a": 1}]))
+        lines = [json.loads(line) for line in open(path, encoding="utf-8")]
+        self.assertEqual(lines[0], {
+            "time": "1970-01-01T00:00:01.500Z", "upstream_host": "-",
+            "message": {"opcode": "OP_QUERY", "id": 1, "response_to": 0, "flags": "0x0",
+                        "collection": "app.users", "skip": 0, "return": 0,
+                        "query": {"a": 1}, "fields": {}}})
+        self.assertEqual(lines[1]["message"]["command"], "ping")
+        self.assertEqual(lines[2]["message"]["documents"], 1)
+
+    def test_metadata(self) -> None:
+        """
+        Operations per db.collection in the connection's dynamic metadata.
+        """
+        harness, _ = self.make(emitDynamicMetadata=True)
+        harness.receive(f.opMsg({"insert": "c", "$db": "d"})
+                        + f.opMsg({"find": "c", "$db": "d"}, requestId=2)
+                        + f.opInsert("d.e", [{}]))
+        self.assertEqual(harness.connection.streamInfo.dynamicMetadata[METADATA_NAMESPACE],
+                         {"d.c": ["insert", "query"], "d.e": ["insert"]})
+
+
+class ConfigTests(SynchronousTestCase):
+    """
+    Parsing MongoProxy.
+    """
+
+    def test_parse(self) -> None:
+        """
+        delay, percentage and commands are read; header_delay is refused.
+        """
+        from pyenvoy.config.reader import Problems, Section
+
+        problems = Problems()
+        cfg = factory.parseConfig(Section({
+            "stat_prefix": "m", "delay": {"fixed_delay": "0.5s",
+                                          "percentage": {"numerator": 10}},
+            "commands": ["find"]}, "typed_config", problems), None)
+        self.assertEqual((cfg.delaySeconds, cfg.delayPercent, cfg.commands),
+                         (0.5, (10, 100), ("find",)))
+        self.assertEqual(problems.errors, [])
+        factory.parseConfig(Section({"stat_prefix": "m", "delay": {"header_delay": {}}},
+                                    "typed_config", problems), None)
+        self.assertTrue(any("not supported" in str(e) for e in problems.errors))
+
+
+def _freePort() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class PymongoIntegrationTests(TestCase):
+    """
+    pymongo 4 → pyenvoy (mongo_proxy + tcp_proxy) → nx-27017.
+    """
+
+    timeout = 60
+
+    async def startMongo(self) -> int:
+        exe = shutil.which("nx-27017") or os.path.join(os.path.dirname(sys.executable),
+                                                       "nx-27017")
+        self.assertTrue(os.path.exists(exe), "nx-27017 is not installed (pip install nx-27017)")
+        port = _freePort()
+        proc = subprocess.Popen([exe, "--db", "memory", "--host", "127.0.0.1", "-p", str(port)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+
+        def stop() -> None:
+            proc.kill()
+            proc.wait()
+
+        self.addCleanup(stop)
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                return port
+            except OSError:
+                await deferLater(reactor, 0.05, lambda: None)
+        self.fail("nx-27017 did not start")
+
+    async def test_crud(self) -> None:
+        """
+        insert_many, find with getMore, update, delete, aggregate and an error
+        give exactly these stats.
+        """
+        mongoPort = await self.startMongo()
+        raw = tcpProxyConfig([mongoPort])
+        filters = raw["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+        filters.insert(0, {"name": "envoy.filters.network.mongo_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.mongo_proxy.v3."
+                     "MongoProxy",
+            "stat_prefix": "it", "commands": ["insert", "find", "getMore", "update",
+                                              "delete", "aggregate"]}})
+        server = startServer(self, raw)
+        port = listenerPort(server)
+
+        def client() -> dict:
+            import pymongo
+            from pymongo.errors import DuplicateKeyError
+
+            c = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true",
+                                    serverSelectionTimeoutMS=5000, heartbeatFrequencyMS=60000)
+            try:
+                db = c.app
+                db.users.insert_many([{"_id": i, "n": i} for i in range(10)])
+                found = list(db.users.find({}, batch_size=3))
+                db.users.update_one({"_id": 1}, {"$set": {"n": 100}})
+                db.users.delete_one({"_id": 2})
+                agg = list(db.users.aggregate([{"$match": {"n": {"$gte": 5}}}]))
+                try:
+                    db.users.insert_one({"_id": 0})
+                    error = False
+                except DuplicateKeyError:
+                    error = True
+                return {"found": len(found), "agg": len(agg), "error": error}
+            finally:
+                c.close()
+
+        result = await threads.deferToThread(client)
+        self.assertEqual(result, {"found": 10, "agg": 6, "error": True})
+        s = lambda name: stat(server, f"mongo.it.{name}")  # noqa: E731
+        self.assertEqual(s("decoding_error"), 0)
+        self.assertEqual(s("cmd.insert.total"), 2)
+        self.assertEqual(s("cmd.find.total"), 1)
+        self.assertEqual(s("cmd.getMore.total"), 3)
+        self.assertEqual(s("cmd.update.total"), 1)
+        self.assertEqual(s("cmd.delete.total"), 1)
+        self.assertEqual(s("cmd.aggregate.total"), 1)
+        self.assertEqual(s("collection.users.query.total"), 1)
+        self.assertEqual(s("collection.users.query.scatter_get"), 1)
+        self.assertEqual(s("op_msg_reply_write_errors"), 1)
+        self.assertEqual(s("op_msg_reply_valid_cursor"), 3)
+        self.assertEqual(s("op_msg"), s("op_msg_reply"))
+        self.assertEqual(s("op_query_scatter_get"), 1)
+        self.assertEqual(s("op_query_no_max_time"), 1)
+        self.assertEqual(s("op_query_active"), 0)
+        for name in ("insert", "find", "getMore", "update", "delete", "aggregate"):
+            self.assertEqual(server.context.store.get(f"mongo.it.cmd.{name}.reply_time_ms").count,
+                             s(f"cmd.{name}.total"))
+        numDocs = server.context.store.get("mongo.it.cmd.find.reply_num_docs")
+        self.assertEqual((numDocs.count, numDocs.sum), (1, 3))
