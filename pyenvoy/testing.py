@@ -47,6 +47,8 @@ class _Config:
 
 
 class _Chain:
+    tls = None
+
     def __init__(self, filters: list[Any]) -> None:
         self._filters = filters
 

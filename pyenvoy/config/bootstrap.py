@@ -85,7 +85,7 @@ _LISTENER_UNSUPPORTED = (
     "bypass_overload_manager", "listener_specifier", "fcds_config",
 )
 _CHAIN_UNSUPPORTED = (
-    "filter_chain_match", "use_proxy_proto", "transport_socket",
+    "filter_chain_match", "use_proxy_proto",
     "transport_socket_connect_timeout", "on_demand_configuration",
 )
 _CLUSTER_UNSUPPORTED = (
@@ -166,6 +166,9 @@ class FilterChainConfig:
     name: str
     filters: tuple[FilterConfig, ...]
     path: str
+    #: The chain's checked C{DownstreamTlsContext}
+    #: (L{pyenvoy.network.tls.DownstreamTlsConfig}), or C{None} for plaintext.
+    tls: Any = None
 
 
 @dataclass(frozen=True)
@@ -770,8 +773,14 @@ class BootstrapParser:
             if not getattr(filters[-1].factory, "terminal", False):
                 section.error(f"the last filter ({filters[-1].name!r}) is not a terminal "
                               "filter, so nothing would answer the connection", "filters")
+        tls = None
+        transport = section.section("transport_socket")
+        if transport is not None:
+            # Imported here: OpenSSL loads only when a config uses TLS.
+            from pyenvoy.network.tls import parseTransportSocket
+            tls = parseTransportSocket(transport)
         section.finish(unsupported=_CHAIN_UNSUPPORTED)
-        return FilterChainConfig(name, tuple(filters), section.path)
+        return FilterChainConfig(name, tuple(filters), section.path, tls)
 
 
 def loadFile(path: str) -> Any:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -53,7 +53,7 @@ def formatAddress(address: tuple[str, int] | None) -> str:
     return f"{host}:{port}"
 
 
-@implementer(IHalfCloseableProtocol, IFilterConnection, IPushProducer)
+@implementer(IHalfCloseableProtocol, IFilterConnection, IPushProducer, IHandshakeListener)
 class Connection(Protocol):
     """
     One accepted connection and its filter chain.
@@ -77,6 +77,8 @@ class Connection(Protocol):
         self._callbacks: list[Callable[[str], None]] = []
         self._listenerPhase: Any = None
         self._producer: Any = None
+        #: The L{pyenvoy.network.tls.TlsSession} when the chain terminates TLS.
+        self._tls: Any = None
 
     # -- Twisted protocol -------------------------------------------------
 
@@ -119,6 +121,13 @@ class Connection(Protocol):
             if chain is None:
                 self.close(CloseType.NO_FLUSH, "filter_chain_not_found")
                 return
+        encrypted = b""
+        tls = getattr(chain, "tls", None)
+        if tls is not None:
+            # TLS goes under the filters before they exist, so that they only
+            # ever see (and write) plaintext; peeked bytes are ciphertext.
+            encrypted, buffered = buffered, b""
+            self._startTls(tls)
         try:
             filters = chain.createFilters()
             if not filters:
@@ -134,10 +143,35 @@ class Connection(Protocol):
                 self.write = self._output  # type: ignore[method-assign]
             if buffered and self.open:
                 self.dataReceived(buffered)
+            if encrypted and self.open:
+                self.transport.protocol.dataReceived(encrypted)
             if self._readClosed and self.open:
                 manager.onRead(b"", True)
         except Exception:
             self._filterFailed(Failure())
+
+    def _startTls(self, serverTls: Any) -> None:
+        from pyenvoy.network.tls import shutdownWrite
+
+        transport = self.transport
+        self._tls = serverTls.newSession(self.streamInfo)
+        transport.startTLS(self._tls)
+        self._send = transport.write
+        self._endWrite = lambda: shutdownWrite(transport)  # type: ignore[method-assign]
+
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake finished: record and count what was negotiated.
+        """
+        if self._tls is not None:
+            try:
+                self._tls.handshakeCompleted()
+            except Exception:
+                log.failure("recording the TLS handshake of connection {id} failed",
+                            Failure(), id=self.id)
+
+    def _endWrite(self) -> None:
+        self.transport.loseWriteConnection()
 
     def _countingRead(self, onRead: Callable[[bytes, bool], None]) -> Callable[[bytes], None]:
         """
@@ -192,6 +226,12 @@ class Connection(Protocol):
             return
         self.open = False
         self.streamInfo.endMonotonic = self.reactor.seconds()
+        if self._tls is not None:
+            try:
+                self._tls.connectionLost(reason)
+            except Exception:
+                log.failure("recording the TLS end of connection {id} failed",
+                            Failure(), id=self.id)
         if self._listenerPhase is not None:
             self._listenerPhase.cancel()
             self._listenerPhase = None
@@ -216,7 +256,7 @@ class Connection(Protocol):
             self.streamInfo.bytesSent += len(data)
             self._send(data)
         if endStream:
-            self.transport.loseWriteConnection()
+            self._endWrite()
 
     def write(self, data: bytes, endStream: bool = False) -> None:
         """

@@ -34,9 +34,15 @@ class FilterChain:
     A filter chain ready to make filters for new connections.
     """
 
-    def __init__(self, config: FilterChainConfig, context: Any) -> None:
+    def __init__(self, config: FilterChainConfig, context: Any,
+                 sslScope: Any = None) -> None:
         self.config = config
         self.name = config.name
+        #: L{pyenvoy.network.tls.ServerTls} when the chain terminates TLS.
+        self.tls: Any = None
+        if config.tls is not None:
+            from pyenvoy.network.tls import ServerTls
+            self.tls = ServerTls(config.tls, sslScope or context.store.scope("ssl"))
         self._makers: list[Callable[[], Any]] = [
             f.factory.createFilterFactory(f.config, context) for f in config.filters
         ]
@@ -177,8 +183,9 @@ class ActiveListener(Factory):
         self.noFilterChainMatch = scope.counter("no_filter_chain_match")
         self.preCxActive = scope.gauge("downstream_pre_cx_active")
         self.filterErrors = self.store.counter("pyenvoy.filter_errors")
-        self.chains = [FilterChain(c, context) for c in config.filterChains]
-        self.default = (FilterChain(config.defaultFilterChain, context)
+        sslScope = scope.scope("ssl")
+        self.chains = [FilterChain(c, context, sslScope) for c in config.filterChains]
+        self.default = (FilterChain(config.defaultFilterChain, context, sslScope)
                         if config.defaultFilterChain else None)
         self._listenerFilterMakers = [
             f.factory.createFilterFactory(f.config, context) for f in config.listenerFilters

@@ -1,0 +1,763 @@
+"""
+Downstream TLS termination: Envoy's C{envoy.transport_sockets.tls} with a
+C{DownstreamTlsContext}, parsed, checked and turned into a pyOpenSSL context.
+
+Certificates and keys are loaded when the config is read, so a missing
+file, bad PEM or a key that does not belong to its certificate stops
+start-up with the YAML path.  Each accepted connection gets a
+L{TlsSession} (the L{IOpenSSLServerConnectionCreator} handed to
+C{transport.startTLS}); it verifies the peer as Envoy's default
+validator does (chain, then SANs, then hash/SPKI pins), counts the
+C{ssl.*} stats and fills C{streamInfo.tls} once the handshake is done.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from OpenSSL import SSL, crypto
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from zope.interface import implementer
+
+from pyenvoy.config.reader import Section
+
+TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
+RAW_BUFFER_TRANSPORT_SOCKET = "envoy.transport_sockets.raw_buffer"
+DOWNSTREAM_TLS_CONTEXT = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext")
+
+#: Envoy's TlsParameters.TlsProtocol names and the OpenSSL versions.
+TLS_VERSIONS = {
+    "TLSv1_0": SSL.TLS1_VERSION,
+    "TLSv1_1": SSL.TLS1_1_VERSION,
+    "TLSv1_2": SSL.TLS1_2_VERSION,
+    "TLSv1_3": SSL.TLS1_3_VERSION,
+}
+_VERSION_CHOICES = ("TLS_AUTO",) + tuple(TLS_VERSIONS)
+
+#: Envoy's default server cipher list (for TLS 1.2 and below); Envoy's
+#: C{[A|B]} equal-preference groups become plain order here.
+DEFAULT_SERVER_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305",
+    "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-CHACHA20-POLY1305",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+)
+
+#: OpenSSL's group names as BoringSSL (and so Envoy's C{ssl.curves.*}) spells them.
+_CURVE_NAMES = {
+    "x25519": "X25519", "prime256v1": "P-256", "secp256r1": "P-256",
+    "secp384r1": "P-384", "secp521r1": "P-521", "x448": "X448",
+}
+
+SAN_TYPES = ("DNS", "URI", "IP_ADDRESS", "EMAIL")
+_MATCHER_KINDS = ("exact", "prefix", "suffix", "contains", "safe_regex")
+
+_CONTEXT_UNSUPPORTED = (
+    "session_ticket_keys", "session_ticket_keys_sds_secret_config",
+    "disable_stateless_session_resumption", "disable_stateful_session_resumption",
+    "session_timeout", "ocsp_staple_policy", "full_scan_certs_on_sni_mismatch",
+    "prefer_client_ciphers", "require_sni",
+)
+_COMMON_UNSUPPORTED = (
+    "tls_certificate_sds_secret_configs", "tls_certificate_provider_instance",
+    "tls_certificate_certificate_provider", "tls_certificate_certificate_provider_instance",
+    "validation_context_sds_secret_config", "combined_validation_context",
+    "validation_context_certificate_provider",
+    "validation_context_certificate_provider_instance", "custom_handshaker", "key_log",
+    "custom_tls_certificate_selector", "tls_certificate_selector",
+)
+_CERT_UNSUPPORTED = (
+    "password", "pkcs12", "ocsp_staple", "private_key_provider", "watched_directory",
+    "signed_certificate_timestamp",
+)
+_VALIDATION_UNSUPPORTED = (
+    "crl", "allow_expired_certificate", "trust_chain_verification",
+    "only_verify_leaf_cert_crl", "max_verify_depth", "custom_validator_config",
+    "match_subject_alt_names", "ca_certificate_provider_instance", "watched_directory",
+    "system_root_certs", "verify_subject_alt_name",
+)
+_PARAMS_UNSUPPORTED = ("ecdh_curves", "signature_algorithms", "compliance_policies")
+
+
+@dataclass(frozen=True)
+class StringMatch:
+    """
+    An Envoy C{type.matcher.v3.StringMatcher}.
+
+    @ivar kind: C{exact}, C{prefix}, C{suffix}, C{contains} or C{safe_regex}.
+    """
+
+    kind: str
+    value: str
+    ignoreCase: bool = False
+
+    def matches(self, candidate: str, dnsWildcard: bool = False) -> bool:
+        """
+        Whether C{candidate} matches; with C{dnsWildcard} an exact match
+        also lets a C{*.example.com} candidate cover one label (RFC 6125).
+        """
+        value = self.value
+        if self.kind == "safe_regex":
+            flags = re.IGNORECASE if self.ignoreCase else 0
+            return re.fullmatch(value, candidate, flags) is not None
+        if self.ignoreCase:
+            value, candidate = value.lower(), candidate.lower()
+        if self.kind == "exact":
+            if candidate == value:
+                return True
+            if dnsWildcard and candidate.startswith("*.") and "." in value:
+                return value.split(".", 1)[1] == candidate[2:] and "*" not in value
+            return False
+        if self.kind == "prefix":
+            return candidate.startswith(value)
+        if self.kind == "suffix":
+            return candidate.endswith(value)
+        return value in candidate
+
+
+@dataclass(frozen=True)
+class SanMatcher:
+    """
+    One C{match_typed_subject_alt_names[]} entry.
+    """
+
+    sanType: str
+    matcher: StringMatch
+
+
+@dataclass(frozen=True)
+class DownstreamTlsConfig:
+    """
+    A checked C{DownstreamTlsContext}: PEM loaded, fields validated.
+
+    The private key is kept out of C{repr} so it cannot leak into logs.
+    """
+
+    certificateChain: tuple[bytes, ...]
+    privateKey: bytes = field(repr=False)
+    trustedCa: tuple[bytes, ...] | None
+    sanMatchers: tuple[SanMatcher, ...]
+    certificateHashes: tuple[bytes, ...]
+    spkiHashes: tuple[bytes, ...]
+    requireClientCertificate: bool
+    minVersion: int
+    maxVersion: int
+    cipherSuites: tuple[str, ...]
+    alpnProtocols: tuple[bytes, ...]
+    path: str
+
+    @property
+    def clientCertificateRequired(self) -> bool:
+        """
+        As Envoy: a client certificate is mandatory when asked for, or when
+        any SAN matcher or pin is configured.
+        """
+        return bool(self.requireClientCertificate or self.sanMatchers
+                    or self.certificateHashes or self.spkiHashes)
+
+
+# -- parsing ------------------------------------------------------------------
+
+def _dataSource(section: Section | None) -> bytes | None:
+    if section is None:
+        return None
+    kind = section.oneOf("filename", "inline_string", "inline_bytes",
+                         "environment_variable")
+    data: bytes | None = None
+    if kind == "filename":
+        name = section.string("filename")
+        if name is not None:
+            try:
+                with open(name, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                section.error(f"cannot read {name!r}: {e.strerror}", "filename")
+    elif kind == "inline_string":
+        text = section.string("inline_string")
+        data = text.encode("utf-8") if text is not None else None
+    elif kind == "inline_bytes":
+        text = section.string("inline_bytes")
+        if text is not None:
+            try:
+                data = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                section.error("expected base64 bytes", "inline_bytes")
+    elif kind == "environment_variable":
+        name = section.string("environment_variable")
+        if name is not None:
+            value = os.environ.get(name)
+            if value is None:
+                section.error(f"environment variable {name!r} is not set",
+                              "environment_variable")
+            else:
+                data = value.encode("utf-8")
+    section.finish(unsupported=("watched_directory",))
+    return data
+
+
+def _loadCertificates(data: bytes, section: Section, name: str) -> list[x509.Certificate]:
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        certs = []
+    if not certs:
+        section.error("no PEM certificate found", name)
+    return certs
+
+
+def _der(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(Encoding.DER)
+
+
+def _publicKey(key: Any) -> bytes:
+    return key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+
+
+def _parseCertificate(section: Section) -> tuple[tuple[bytes, ...], bytes] | None:
+    chainData = _dataSource(section.section("certificate_chain", required=True))
+    keyData = _dataSource(section.section("private_key", required=True))
+    section.finish(unsupported=_CERT_UNSUPPORTED)
+    if chainData is None or keyData is None:
+        return None
+    certs = _loadCertificates(chainData, section, "certificate_chain")
+    try:
+        key = serialization.load_pem_private_key(keyData, password=None)
+    except (ValueError, TypeError) as e:
+        section.error(f"not a usable PEM private key ({e})", "private_key")
+        return None
+    if not certs:
+        return None
+    if _publicKey(key) != certs[0].public_key().public_bytes(
+            Encoding.DER, PublicFormat.SubjectPublicKeyInfo):
+        section.error("the private key does not match the certificate", "private_key")
+        return None
+    return (tuple(_der(c) for c in certs),
+            key.private_bytes(Encoding.DER, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+
+def _parseStringMatcher(section: Section) -> StringMatch | None:
+    kind = section.oneOf(*_MATCHER_KINDS)
+    ignoreCase = section.boolean("ignore_case")
+    match: StringMatch | None = None
+    if kind == "safe_regex":
+        regex = section.section("safe_regex")
+        if regex is not None:
+            pattern = regex.string("regex", required=True)
+            regex.ignore("google_re2")
+            regex.finish()
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                    match = StringMatch(kind, pattern, ignoreCase)
+                except re.error as e:
+                    regex.error(f"invalid regex: {e}", "regex")
+    elif kind is not None:
+        value = section.string(kind)
+        if value is not None:
+            if kind != "exact" and not value:
+                section.error("must not be empty", kind)
+            match = StringMatch(kind, value, ignoreCase)
+    section.finish()
+    return match
+
+
+def _parseValidation(section: Section) -> tuple[Any, ...]:
+    trusted: tuple[bytes, ...] | None = None
+    caSection = section.section("trusted_ca")
+    caData = _dataSource(caSection)
+    if caData is not None:
+        certs = _loadCertificates(caData, section, "trusted_ca")
+        trusted = tuple(_der(c) for c in certs)
+    sans = []
+    for sub in section.sections("match_typed_subject_alt_names"):
+        sanType = sub.enum("san_type", SAN_TYPES, "", unsupported=("OTHER_NAME",))
+        if not sub.has("san_type"):
+            sub.error("missing required field 'san_type'")
+        matcherSection = sub.section("matcher", required=True)
+        sub.ignore("oid")
+        sub.finish()
+        matcher = _parseStringMatcher(matcherSection) if matcherSection else None
+        if sanType and matcher is not None:
+            sans.append(SanMatcher(sanType, matcher))
+    hashes = []
+    for item, path in section.items("verify_certificate_hash"):
+        text = item.replace(":", "") if isinstance(item, str) else ""
+        try:
+            digest = bytes.fromhex(text)
+        except ValueError:
+            digest = b""
+        if len(digest) != 32:
+            section.problems.add(path, "expected a hex SHA-256 certificate hash "
+                                       "(64 hex digits, ':' allowed)")
+        else:
+            hashes.append(digest)
+    spkis = []
+    for item, path in section.items("verify_certificate_spki"):
+        try:
+            digest = base64.b64decode(item, validate=True) if isinstance(item, str) else b""
+        except (binascii.Error, ValueError):
+            digest = b""
+        if len(digest) != 32:
+            section.problems.add(path, "expected a base64 SHA-256 SPKI hash (44 characters)")
+        else:
+            spkis.append(digest)
+    section.finish(unsupported=_VALIDATION_UNSUPPORTED)
+    return trusted, tuple(sans), tuple(hashes), tuple(spkis)
+
+
+def _parseCiphers(section: Section) -> tuple[str, ...]:
+    names: list[str] = []
+    for item, path in section.items("cipher_suites"):
+        if not isinstance(item, str):
+            section.problems.add(path, "expected a cipher name")
+            continue
+        group = item[1:-1] if item.startswith("[") and item.endswith("]") else item
+        for name in group.split("|"):
+            name = name.strip()
+            if not _cipherKnown(name):
+                section.problems.add(path, f"unknown cipher suite {name!r} (use OpenSSL "
+                                           "names, e.g. 'ECDHE-RSA-AES128-GCM-SHA256')")
+            else:
+                names.append(name)
+    return tuple(names)
+
+
+def _cipherKnown(name: str) -> bool:
+    if not name or not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
+        return False
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    try:
+        ctx.set_cipher_list(name.encode("ascii"))
+    except SSL.Error:
+        return False
+    return True
+
+
+def parseTransportSocket(section: Section) -> DownstreamTlsConfig | None:
+    """
+    Read a filter chain's C{transport_socket}; C{None} for plaintext
+    (C{envoy.transport_sockets.raw_buffer}) or when it has errors (they
+    are recorded in C{section}'s problems).
+    """
+    name = section.string("name", required=True)
+    typed = section.section("typed_config")
+    section.finish()
+    if name == RAW_BUFFER_TRANSPORT_SOCKET:
+        if typed is not None:
+            typed.ignore("@type")
+        return None
+    if name != TLS_TRANSPORT_SOCKET:
+        if name is not None:
+            section.error(f"unknown transport socket {name!r}; known: "
+                          f"{TLS_TRANSPORT_SOCKET}, {RAW_BUFFER_TRANSPORT_SOCKET}", "name")
+        return None
+    if typed is None:
+        section.error("missing required field 'typed_config'")
+        return None
+    typeURL = typed.string("@type", required=True)
+    if typeURL is not None and typeURL != DOWNSTREAM_TLS_CONTEXT:
+        typed.error(f"a listener's transport socket needs {DOWNSTREAM_TLS_CONTEXT}, "
+                    f"got {typeURL!r}", "@type")
+        return None
+    return parseDownstreamTlsContext(typed)
+
+
+def parseDownstreamTlsContext(section: Section) -> DownstreamTlsConfig | None:
+    """
+    Read and check a C{DownstreamTlsContext} (without its C{@type}).
+    """
+    before = len(section.problems.errors)
+    require = section.boolean("require_client_certificate")
+    common = section.section("common_tls_context")
+    section.finish(unsupported=_CONTEXT_UNSUPPORTED)
+    if common is None:
+        section.error("missing required field 'common_tls_context' (with tls_certificates)")
+        return None
+    loaded = None
+    certSections = common.sections("tls_certificates")
+    if not certSections:
+        common.error("a downstream TLS context needs one entry in tls_certificates")
+    elif len(certSections) > 1:
+        common.error("more than one certificate (RSA+ECDSA or SNI selection) is not "
+                     "supported by pyenvoy yet", "tls_certificates")
+    else:
+        loaded = _parseCertificate(certSections[0])
+    trusted, sans, hashes, spkis = None, (), (), ()
+    validation = common.section("validation_context")
+    if validation is not None:
+        trusted, sans, hashes, spkis = _parseValidation(validation)
+    minVersion, maxVersion = SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION
+    ciphers: tuple[str, ...] = DEFAULT_SERVER_CIPHERS
+    params = common.section("tls_params")
+    if params is not None:
+        low = params.enum("tls_minimum_protocol_version", _VERSION_CHOICES, "TLS_AUTO")
+        high = params.enum("tls_maximum_protocol_version", _VERSION_CHOICES, "TLS_AUTO")
+        minVersion = TLS_VERSIONS.get(low, minVersion)
+        maxVersion = TLS_VERSIONS.get(high, maxVersion)
+        if minVersion > maxVersion:
+            params.error(f"tls_minimum_protocol_version {low} is above "
+                         f"tls_maximum_protocol_version {high}")
+        if params.has("cipher_suites"):
+            ciphers = _parseCiphers(params)
+            if not ciphers and params.raw.get("cipher_suites") == []:
+                ciphers = DEFAULT_SERVER_CIPHERS
+        params.finish(unsupported=_PARAMS_UNSUPPORTED)
+    alpn = []
+    for item, path in common.items("alpn_protocols"):
+        if isinstance(item, str) and 0 < len(item.encode()) < 256:
+            alpn.append(item.encode())
+        else:
+            common.problems.add(path, "expected a protocol name of 1 to 255 bytes")
+    common.finish(unsupported=_COMMON_UNSUPPORTED)
+    if loaded is None or len(section.problems.errors) != before:
+        return None
+    config = DownstreamTlsConfig(
+        certificateChain=loaded[0], privateKey=loaded[1], trustedCa=trusted,
+        sanMatchers=sans, certificateHashes=hashes, spkiHashes=spkis,
+        requireClientCertificate=require, minVersion=minVersion, maxVersion=maxVersion,
+        cipherSuites=ciphers, alpnProtocols=tuple(alpn), path=section.path)
+    try:
+        buildContext(config)
+    except SSL.Error as e:
+        section.error(f"OpenSSL refused this TLS context: {_errorText(e)}")
+        return None
+    return config
+
+
+# -- the OpenSSL context ------------------------------------------------------
+
+def _errorText(error: Exception) -> str:
+    parts = []
+    for item in (error.args[0] if error.args and isinstance(error.args[0], list) else []):
+        if isinstance(item, tuple) and len(item) == 3:
+            parts.append(f"{item[0]}:{item[1]}:{item[2]}")
+    return "|".join(parts) or str(error)
+
+
+class _SessionConnection(SSL.Connection):
+    """
+    An C{SSL.Connection} that knows its L{TlsSession} (Twisted keeps the
+    app data slot for its own protocol).
+    """
+
+    session: "TlsSession | None" = None
+
+
+def _verifyCallback(connection: SSL.Connection, cert: crypto.X509, errno: int,
+                    depth: int, ok: int) -> bool:
+    session = getattr(connection, "session", None)
+    if session is None:
+        return bool(ok)
+    return session.verify(cert, errno, depth, ok)
+
+
+def buildContext(config: DownstreamTlsConfig) -> SSL.Context:
+    """
+    The pyOpenSSL server context for C{config}.
+
+    @raise SSL.Error: if OpenSSL refuses any part of it.
+    """
+    ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+    ctx.set_min_proto_version(config.minVersion)
+    ctx.set_max_proto_version(config.maxVersion)
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
+                    | SSL.OP_NO_RENEGOTIATION)
+    ctx.set_cipher_list(":".join(config.cipherSuites).encode("ascii"))
+    chain = [x509.load_der_x509_certificate(d) for d in config.certificateChain]
+    ctx.use_certificate(crypto.X509.from_cryptography(chain[0]))
+    for extra in chain[1:]:
+        ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+    key = serialization.load_der_private_key(config.privateKey, password=None)
+    ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))  # type: ignore[arg-type]
+    ctx.check_privatekey()
+    if config.trustedCa:
+        store = ctx.get_cert_store()
+        assert store is not None
+        for der in config.trustedCa:
+            store.add_cert(crypto.X509.from_cryptography(x509.load_der_x509_certificate(der)))
+        store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+    if config.trustedCa is not None or config.clientCertificateRequired:
+        mode = SSL.VERIFY_PEER
+        if config.clientCertificateRequired:
+            mode |= SSL.VERIFY_FAIL_IF_NO_PEER_CERT
+        ctx.set_verify(mode, _verifyCallback)
+    else:
+        ctx.set_verify(SSL.VERIFY_NONE)
+    ctx.set_session_id(hashlib.sha256(config.path.encode()).digest()[:32])
+    if config.alpnProtocols:
+        server = config.alpnProtocols
+
+        def selectAlpn(connection: SSL.Connection, offered: list[bytes]) -> Any:
+            for protocol in server:
+                if protocol in offered:
+                    return protocol
+            return SSL.NO_OVERLAPPING_PROTOCOLS
+
+        ctx.set_alpn_select_callback(selectAlpn)
+    return ctx
+
+
+def _rfc2253(name: x509.Name) -> str:
+    return name.rfc4514_string()
+
+
+def _sans(cert: x509.Certificate) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {"DNS": [], "URI": [], "IP_ADDRESS": [], "EMAIL": []}
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return out
+    out["DNS"] = list(ext.get_values_for_type(x509.DNSName))
+    out["URI"] = list(ext.get_values_for_type(x509.UniformResourceIdentifier))
+    out["IP_ADDRESS"] = [str(a) for a in ext.get_values_for_type(x509.IPAddress)]
+    out["EMAIL"] = list(ext.get_values_for_type(x509.RFC822Name))
+    return out
+
+
+class ServerTls:
+    """
+    The TLS side of one filter chain: the OpenSSL context, the listener's
+    C{ssl.*} stats and what is known of our own certificate.
+    """
+
+    def __init__(self, config: DownstreamTlsConfig, scope: Any) -> None:
+        self.config = config
+        self.context = buildContext(config)
+        self.scope = scope
+        self.stats = {name: scope.counter(name) for name in (
+            "connection_error", "handshake", "session_reused", "no_certificate",
+            "fail_verify_no_cert", "fail_verify_error", "fail_verify_san",
+            "fail_verify_cert_hash")}
+        own = x509.load_der_x509_certificate(config.certificateChain[0])
+        sans = _sans(own)
+        self.localFacts = {
+            "localSubject": _rfc2253(own.subject),
+            "localUriSans": sans["URI"], "localDnsSans": sans["DNS"],
+            "localIpSans": sans["IP_ADDRESS"], "localEmailSans": sans["EMAIL"],
+        }
+
+    def newSession(self, streamInfo: Any) -> "TlsSession":
+        """
+        The per-connection state to hand to C{transport.startTLS}.
+        """
+        return TlsSession(self, streamInfo)
+
+    def count(self, name: str) -> None:
+        """
+        Add one to C{ssl.<name>}.
+        """
+        counter = self.stats.get(name)
+        if counter is None:
+            counter = self.stats[name] = self.scope.counter(name)
+        counter.inc()
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class TlsSession:
+    """
+    One connection's TLS: makes its C{SSL.Connection}, verifies the peer,
+    counts stats, and fills C{streamInfo.tls}.
+
+    States: handshaking → C{established} or failed (C{failure} set by the
+    verifier, or an OpenSSL error seen at close).
+    """
+
+    def __init__(self, server: ServerTls, streamInfo: Any) -> None:
+        self.server = server
+        self.streamInfo = streamInfo
+        self.connection: SSL.Connection | None = None
+        self.established = False
+        self.failure: str | None = None
+        self._leafChecked = False
+
+    def serverConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        """
+        See L{IOpenSSLServerConnectionCreator}.
+        """
+        connection = _SessionConnection(self.server.context, None)
+        connection.session = self
+        self.connection = connection
+        return connection
+
+    # -- verification, as Envoy's DefaultCertValidator --------------------
+
+    def _fail(self, stat: str, detail: str) -> bool:
+        self.failure = detail
+        self.server.count(stat)
+        return False
+
+    def verify(self, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+        """
+        OpenSSL's verify callback: chain errors count C{fail_verify_error}
+        (only when C{trusted_ca} is set); the leaf is then checked against
+        the SAN matchers and the hash/SPKI pins.
+        """
+        config = self.server.config
+        if self.failure is not None:
+            return False
+        if not ok and config.trustedCa is not None:
+            return self._fail("fail_verify_error",
+                              f"verify cert failed: X509 error {errno} at depth {depth}")
+        if depth != 0 or self._leafChecked:
+            return True
+        self._leafChecked = True
+        leaf = cert.to_cryptography()
+        if config.sanMatchers:
+            sans = _sans(leaf)
+            if not any(m.matcher.matches(value, dnsWildcard=m.sanType == "DNS")
+                       for m in config.sanMatchers for value in sans[m.sanType]):
+                return self._fail("fail_verify_san", "verify cert failed: SAN matcher")
+        if config.certificateHashes or config.spkiHashes:
+            digest = hashlib.sha256(_der(leaf)).digest()
+            spki = hashlib.sha256(leaf.public_key().public_bytes(
+                Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).digest()
+            if digest not in config.certificateHashes and spki not in config.spkiHashes:
+                return self._fail("fail_verify_cert_hash", "verify cert failed: cert hash and spki")
+        return True
+
+    # -- outcome ------------------------------------------------------------
+
+    def handshakeCompleted(self) -> None:
+        """
+        Count the handshake and record what was negotiated.
+        """
+        connection = self.connection
+        assert connection is not None
+        self.established = True
+        server = self.server
+        server.count("handshake")
+        version = connection.get_protocol_version_name()
+        cipher = connection.get_cipher_name()
+        server.count(f"versions.{version}")
+        if cipher:
+            server.count(f"ciphers.{cipher}")
+        group = _groupName(connection)
+        if group:
+            server.count(f"curves.{group}")
+        if _sessionReused(connection):
+            server.count("session_reused")
+        facts: dict[str, Any] = {"version": version, "cipher": cipher}
+        facts.update(server.localFacts)
+        session = connection.get_session()
+        if session is not None:
+            facts["sessionId"] = _sessionId(session)
+        peer = connection.get_peer_certificate()
+        if peer is None:
+            server.count("no_certificate")
+        else:
+            leaf = peer.to_cryptography()
+            der = _der(leaf)
+            sans = _sans(leaf)
+            facts.update({
+                "peerSubject": _rfc2253(leaf.subject),
+                "peerIssuer": _rfc2253(leaf.issuer),
+                "peerSerial": format(leaf.serial_number, "x"),
+                "peerFingerprint256": hashlib.sha256(der).hexdigest(),
+                "peerFingerprint1": hashlib.sha1(der).hexdigest(),
+                "peerUriSans": sans["URI"], "peerDnsSans": sans["DNS"],
+                "peerIpSans": sans["IP_ADDRESS"], "peerEmailSans": sans["EMAIL"],
+                "peerCertValidFrom": leaf.not_valid_before_utc.timestamp(),
+                "peerCertValidTo": leaf.not_valid_after_utc.timestamp(),
+            })
+        self.streamInfo.tls = facts
+
+    def connectionLost(self, reason: Any) -> None:
+        """
+        The connection ended; if the handshake never finished, count why
+        (as Envoy's C{drainErrorQueue}) and record the failure reason.
+        """
+        if self.established:
+            return
+        error = getattr(reason, "value", None)
+        if not isinstance(error, SSL.Error):
+            if self.failure is not None:
+                self.streamInfo.tls = {"failureReason": _failureReason([], self.failure)}
+            return
+        entries = [e for e in (error.args[0] if error.args and isinstance(error.args[0], list)
+                               else []) if isinstance(e, tuple) and len(e) == 3]
+        reasons = [str(e[2]).lower() for e in entries]
+        if any("peer did not return a certificate" in r for r in reasons):
+            self.server.count("fail_verify_no_cert")
+        elif self.failure is None and not any("certificate verify failed" in r for r in reasons):
+            self.server.count("connection_error")
+        self.streamInfo.tls = {"failureReason": _failureReason(entries, self.failure)}
+
+
+def _failureReason(entries: list[tuple[Any, ...]], detail: str | None) -> str:
+    """
+    C{%DOWNSTREAM_TRANSPORT_FAILURE_REASON%}, shaped as Envoy's
+    C{TLS_error:|lib:func:reason[:detail]:TLS_error_end} (without the
+    numeric error code BoringSSL puts first).
+    """
+    parts = "".join(f"|{lib}:{func}:{why}" for lib, func, why in entries)
+    if detail:
+        parts += f":{detail}" if parts else f"|{detail}"
+    return f"TLS_error:{parts}:TLS_error_end"
+
+
+def _groupName(connection: SSL.Connection) -> str | None:
+    try:
+        name = connection.get_group_name()
+    except Exception:
+        return None
+    if not name:
+        return None
+    return _CURVE_NAMES.get(name, name)
+
+
+def _sessionReused(connection: SSL.Connection) -> bool:
+    try:
+        from OpenSSL._util import lib
+        return bool(lib.SSL_session_reused(connection._ssl))  # type: ignore[attr-defined]
+    except Exception:
+        return False
+
+
+def _sessionId(session: Any) -> str | None:
+    try:
+        from OpenSSL._util import ffi, lib
+        length = ffi.new("unsigned int *")
+        raw = lib.SSL_SESSION_get_id(session._session, length)
+        return bytes(ffi.buffer(raw, length[0])).hex() or None
+    except Exception:
+        return None
+
+
+def startServerTls(transport: Any, session: TlsSession, buffered: bytes) -> None:
+    """
+    Start TLS on an accepted transport, then feed it the bytes the
+    listener filters already read (the start of the ClientHello).
+    """
+    transport.startTLS(session)
+    if buffered:
+        transport.protocol.dataReceived(buffered)
+
+
+def shutdownWrite(transport: Any) -> None:
+    """
+    End our direction of a TLS connection as Envoy does on C{endStream}:
+    send close_notify, then half-close the socket.  Before the handshake is
+    done (or with application data still queued) close it whole instead.
+    """
+    tlsProtocol = transport.protocol
+    connection = getattr(tlsProtocol, "_tlsConnection", None)
+    if (connection is None or not getattr(tlsProtocol, "_handshakeDone", False)
+            or getattr(tlsProtocol, "_appSendBuffer", None)):
+        transport.loseConnection()
+        return
+    try:
+        connection.shutdown()
+    except SSL.Error:
+        pass
+    tlsProtocol._flushSendBIO()
+    transport.loseWriteConnection()
