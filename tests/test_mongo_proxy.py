@@ -6,17 +6,10 @@ metadata (in memory), and pymongo through pyenvoy to a real nx-27017.
 from __future__ import annotations
 
 import json
-import os
-import random
-import shutil
-import socket
-import subprocess
-import sys
 from types import SimpleNamespace
 from typing import Any
 
-from twisted.internet import reactor, threads
-from twisted.internet.task import deferLater
+from twisted.internet import threads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
@@ -25,7 +18,8 @@ from pyenvoy.interfaces import FilterStatus, IReadFilter
 from pyenvoy.stats import Store
 from pyenvoy.testing import FilterHarness
 from tests import mongo_frames as f
-from tests.support.net import listenerPort, startServer, stat, tcpProxyConfig
+from tests.support.mongo import mongoProxyConfig, startMongo
+from tests.support.net import listenerPort, startServer, stat
 
 
 @implementer(IReadFilter)
@@ -238,14 +232,6 @@ class ConfigTests(SynchronousTestCase):
         self.assertTrue(any("not supported" in str(e) for e in problems.errors))
 
 
-def _freePort() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class PymongoIntegrationTests(TestCase):
     """
     pymongo 4 → pyenvoy (mongo_proxy + tcp_proxy) → nx-27017.
@@ -253,42 +239,14 @@ class PymongoIntegrationTests(TestCase):
 
     timeout = 60
 
-    async def startMongo(self) -> int:
-        exe = shutil.which("nx-27017") or os.path.join(os.path.dirname(sys.executable),
-                                                       "nx-27017")
-        self.assertTrue(os.path.exists(exe), "nx-27017 is not installed (pip install nx-27017)")
-        port = _freePort()
-        proc = subprocess.Popen([exe, "--db", "memory", "--host", "127.0.0.1", "-p", str(port)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
-
-        def stop() -> None:
-            proc.kill()
-            proc.wait()
-
-        self.addCleanup(stop)
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return port
-            except OSError:
-                await deferLater(reactor, 0.05, lambda: None)
-        self.fail("nx-27017 did not start")
-
     async def test_crud(self) -> None:
         """
         insert_many, find with getMore, update, delete, aggregate and an error
         give exactly these stats.
         """
-        mongoPort = await self.startMongo()
-        raw = tcpProxyConfig([mongoPort])
-        filters = raw["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
-        filters.insert(0, {"name": "envoy.filters.network.mongo_proxy", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.mongo_proxy.v3."
-                     "MongoProxy",
-            "stat_prefix": "it", "commands": ["insert", "find", "getMore", "update",
-                                              "delete", "aggregate"]}})
-        server = startServer(self, raw)
+        mongoPort = await startMongo(self)
+        server = startServer(self, mongoProxyConfig(
+            mongoPort, "it", ["insert", "find", "getMore", "update", "delete", "aggregate"]))
         port = listenerPort(server)
 
         def client() -> dict:
@@ -336,3 +294,38 @@ class PymongoIntegrationTests(TestCase):
                              s(f"cmd.{name}.total"))
         numDocs = server.context.store.get("mongo.it.cmd.find.reply_num_docs")
         self.assertEqual((numDocs.count, numDocs.sum), (1, 3))
+
+    async def test_killCursors(self) -> None:
+        """
+        A cursor closed before it is exhausted makes the driver send
+        killCursors, counted as cmd.killCursors.
+        """
+        mongoPort = await startMongo(self)
+        server = startServer(self, mongoProxyConfig(
+            mongoPort, "kc", ["insert", "find", "getMore", "killCursors"]))
+        port = listenerPort(server)
+
+        def client() -> int:
+            import pymongo
+
+            c = pymongo.MongoClient(f"mongodb://127.0.0.1:{port}/?directConnection=true",
+                                    serverSelectionTimeoutMS=5000, heartbeatFrequencyMS=60000)
+            try:
+                coll = c.app.items
+                coll.insert_many([{"_id": i} for i in range(10)])
+                cursor = coll.find({}, batch_size=2)
+                first = [next(cursor), next(cursor), next(cursor)]
+                cursor.close()
+                return len(first)
+            finally:
+                c.close()
+
+        self.assertEqual(await threads.deferToThread(client), 3)
+        s = lambda name: stat(server, f"mongo.kc.{name}")  # noqa: E731
+        self.assertEqual(s("decoding_error"), 0)
+        self.assertEqual((s("cmd.find.total"), s("cmd.getMore.total")), (1, 1))
+        self.assertEqual(s("cmd.killCursors.total"), 1)
+        self.assertEqual(server.context.store.get("mongo.kc.cmd.killCursors.reply_time_ms").count,
+                         1)
+        self.assertEqual(s("op_msg"), s("op_msg_reply"))
+        self.assertEqual(s("op_query_active"), 0)
