@@ -227,9 +227,14 @@ class FlowControlTests(TestCase):
         sinks = []
 
         class Sink(Protocol):
+            lost = False
+
             def connectionMade(self) -> None:
                 sinks.append(self)
                 self.transport.pauseProducing()
+
+            def connectionLost(self, reason: object = None) -> None:
+                self.lost = True
 
         port = listen(self, Sink)
         server = startServer(self, tcpProxyConfig([port]))
@@ -247,6 +252,7 @@ class FlowControlTests(TestCase):
             stat(server, "tcp.test.downstream_flow_control_resumed_reading_total"), 0)
         client.transport.loseConnection()
         await client.closed
+        await waitFor(lambda: all(sink.lost for sink in sinks))
 
 
 class UpstreamFailureTests(TestCase):
