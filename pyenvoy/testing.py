@@ -80,7 +80,7 @@ class _Listener:
     def startListenerFilters(self, connection: Connection) -> None:
         return None
 
-    def defaultChain(self) -> _Chain:
+    def defaultChain(self, connection: Any = None) -> _Chain:
         return self.chain
 
 

@@ -820,7 +820,7 @@ class ListenerTests(ConfigTestCase):
 
     def test_twoFilterChains(self) -> None:
         """
-        A second chain (no filter_chain_match yet) is refused as a duplicate match.
+        Two chains without C{filter_chain_match} have the same rules: refused as in Envoy.
         """
         raw = listener()
         raw["filter_chains"].append({"filters": [echo()]})
@@ -923,6 +923,7 @@ class FilterTests(ConfigTestCase):
             bootstrap([listener(filters=[{"name": "envoy.filters.network.echoo"}])]),
             f"{F0}.name",
             "unknown network filter 'envoy.filters.network.echoo'; known: "
+            "envoy.filters.network.client_ssl_auth, "
             "envoy.filters.network.echo, envoy.filters.network.mongo_proxy, "
             "envoy.filters.network.tcp_proxy")
 
@@ -937,7 +938,8 @@ class FilterTests(ConfigTestCase):
                                           "network.redis_proxy.v3.RedisProxy"}}])]),
             f"{TC}.@type",
             "unknown network filter @type 'type.googleapis.com/envoy.extensions.filters."
-            f"network.redis_proxy.v3.RedisProxy'; known: {ECHO_TYPE}, "
+            "network.redis_proxy.v3.RedisProxy'; known: type.googleapis.com/envoy."
+            f"extensions.filters.network.client_ssl_auth.v3.ClientSSLAuth, {ECHO_TYPE}, "
             "type.googleapis.com/envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy, "
             f"{TCP_PROXY_TYPE}")
 
@@ -1129,14 +1131,13 @@ class ClusterTests(ConfigTestCase):
 
     def test_unsupportedFields(self) -> None:
         """
-        Health checks, outlier detection and TLS are said to be unsupported.
+        Health checks and outlier detection are said to be unsupported.
         """
-        self.assertErrors(bootstrap(clusters=[cluster(health_checks=[], outlier_detection={},
-                                                      transport_socket={})]), [
+        self.assertErrors(bootstrap(clusters=[cluster(health_checks=[],
+                                                      outlier_detection={})]), [
             (f"{C0}.health_checks", "field 'health_checks' is not supported by pyenvoy yet"),
             (f"{C0}.outlier_detection",
              "field 'outlier_detection' is not supported by pyenvoy yet"),
-            (f"{C0}.transport_socket", "field 'transport_socket' is not supported by pyenvoy yet"),
         ])
 
     def test_unknownField(self) -> None:

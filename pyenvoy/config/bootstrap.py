@@ -85,7 +85,7 @@ _LISTENER_UNSUPPORTED = (
     "bypass_overload_manager", "listener_specifier", "fcds_config",
 )
 _CHAIN_UNSUPPORTED = (
-    "filter_chain_match", "use_proxy_proto",
+    "use_proxy_proto",
     "transport_socket_connect_timeout", "on_demand_configuration",
 )
 _CLUSTER_UNSUPPORTED = (
@@ -96,7 +96,7 @@ _CLUSTER_UNSUPPORTED = (
     "use_tcp_for_dns_lookups", "dns_resolution_config", "typed_dns_resolver_config",
     "outlier_detection", "cleanup_interval", "upstream_bind_config", "lb_subset_config",
     "original_dst_lb_config",
-    "round_robin_lb_config", "transport_socket", "protocol_selection",
+    "round_robin_lb_config", "protocol_selection",
     "upstream_connection_options", "close_connections_on_host_health_failure",
     "ignore_health_on_host_removal", "filters", "load_balancing_policy", "lrs_server",
     "track_timeout_budgets", "upstream_config", "track_cluster_stats",
@@ -169,6 +169,9 @@ class FilterChainConfig:
     #: The chain's checked C{DownstreamTlsContext}
     #: (L{pyenvoy.network.tls.DownstreamTlsConfig}), or C{None} for plaintext.
     tls: Any = None
+    #: The chain's C{filter_chain_match}
+    #: (L{pyenvoy.network.chain_match.FilterChainMatch}); C{None} matches all.
+    match: Any = None
 
 
 @dataclass(frozen=True)
@@ -291,6 +294,9 @@ class ClusterConfig:
     maglevLbConfig: MaglevLbConfig = field(default_factory=MaglevLbConfig)
     #: C{common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing}.
     useHostnameForHashing: bool = False
+    #: The L{pyenvoy.network.tls.UpstreamTlsConfig} of C{transport_socket},
+    #: or C{None} for plaintext.
+    tls: Any = None
     path: str = ""
 
     @property
@@ -520,6 +526,12 @@ class BootstrapParser:
             section.error(f"is only allowed for STRICT_DNS clusters, not {kind} ones",
                           "common_lb_config.consistent_hashing_lb_config."
                           "use_hostname_for_hashing")
+        tls = None
+        transport = section.section("transport_socket")
+        if transport is not None:
+            # Imported here: OpenSSL loads only when a config uses TLS.
+            from pyenvoy.network.tls import parseUpstreamTransportSocket
+            tls = parseUpstreamTransportSocket(transport)
         section.finish(unsupported=_CLUSTER_UNSUPPORTED)
         if not name:
             return None
@@ -531,7 +543,7 @@ class BootstrapParser:
             perConnectionBufferLimitBytes=bufferLimit or DEFAULT_BUFFER_LIMIT,
             altStatName=altStatName or "", leastRequestChoiceCount=choiceCount,
             ringHashLbConfig=ringHash, maglevLbConfig=maglev,
-            useHostnameForHashing=useHostname, path=section.path,
+            useHostnameForHashing=useHostname, tls=tls, path=section.path,
         )
 
     def _parseCommonLbConfig(self, section: Section | None) -> bool:
@@ -711,10 +723,8 @@ class BootstrapParser:
         if defaultSection is not None:
             default = self._parseChain(defaultSection, context, "default_filter_chain")
         if len(chains) > 1:
-            section.error(
-                f"filter chain {chains[1].name!r} has the same matching rules defined as "
-                f"{chains[0].name!r} (filter_chain_match is not supported by pyenvoy yet, "
-                "so a listener takes one filter chain)", "filter_chains")
+            from pyenvoy.network.chain_match import FilterChainMatch, checkFilterChains
+            checkFilterChains(section, [(c.name, c.match or FilterChainMatch()) for c in chains])
         if not isUdp and not chains and default is None and address is not None:
             section.error("a TCP listener needs at least one filter chain", "filter_chains")
         section.finish(unsupported=_LISTENER_UNSUPPORTED)
@@ -779,8 +789,10 @@ class BootstrapParser:
             # Imported here: OpenSSL loads only when a config uses TLS.
             from pyenvoy.network.tls import parseTransportSocket
             tls = parseTransportSocket(transport)
+        from pyenvoy.network.chain_match import parseFilterChainMatch
+        match = parseFilterChainMatch(section.section("filter_chain_match"))
         section.finish(unsupported=_CHAIN_UNSUPPORTED)
-        return FilterChainConfig(name, tuple(filters), section.path, tls)
+        return FilterChainConfig(name, tuple(filters), section.path, tls, match)
 
 
 def loadFile(path: str) -> Any:

@@ -79,6 +79,7 @@ class Connection(Protocol):
         self._producer: Any = None
         #: The L{pyenvoy.network.tls.TlsSession} when the chain terminates TLS.
         self._tls: Any = None
+        self._tlsWaiters: list[Callable[[], None]] = []
 
     # -- Twisted protocol -------------------------------------------------
 
@@ -117,7 +118,7 @@ class Connection(Protocol):
 
     def _startChain(self, buffered: bytes, chain: Any = None) -> None:
         if chain is None:
-            chain = self.listener.defaultChain()
+            chain = self.listener.defaultChain(self)
             if chain is None:
                 self.close(CloseType.NO_FLUSH, "filter_chain_not_found")
                 return
@@ -169,6 +170,39 @@ class Connection(Protocol):
             except Exception:
                 log.failure("recording the TLS handshake of connection {id} failed",
                             Failure(), id=self.id)
+        waiters, self._tlsWaiters = self._tlsWaiters, []
+        if waiters and self._readDisableCount > 0 and self.open:
+            # The handshake is done: reading stops again as the filters asked.
+            self.transport.pauseProducing()
+        for waiter in waiters:
+            if not self.open:
+                break
+            try:
+                waiter()
+            except Exception:
+                self._filterFailed(Failure())
+
+    def whenTlsEstablished(self, callback: Callable[[], None]) -> bool:
+        """
+        Call C{callback()} once this connection's TLS handshake is done and
+        C{streamInfo.tls} holds the peer's facts (at once if it already is),
+        for filters that decide on the client certificate.  A failed
+        handshake never calls it: the connection just closes.  Until then
+        the socket is read even if a filter disabled reading (tcp_proxy
+        does until its upstream connects), so that the handshake can finish;
+        the application bytes it yields are held by the waiting filter.
+
+        @return: C{False} (and no call ever) when the connection is plaintext.
+        """
+        if self._tls is None:
+            return False
+        if self._tls.established:
+            callback()
+        else:
+            self._tlsWaiters.append(callback)
+            if self._readDisableCount > 0 and self.open:
+                self.transport.resumeProducing()
+        return True
 
     def _endWrite(self) -> None:
         self.transport.loseWriteConnection()
@@ -291,7 +325,7 @@ class Connection(Protocol):
         """
         if disable:
             self._readDisableCount += 1
-            if self._readDisableCount == 1 and self.open:
+            if self._readDisableCount == 1 and self.open and not self._tlsWaiters:
                 self.transport.pauseProducing()
         elif self._readDisableCount > 0:
             self._readDisableCount -= 1

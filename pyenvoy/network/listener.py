@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from pyenvoy.config.bootstrap import FilterChainConfig, ListenerConfig
 from pyenvoy.interfaces import FilterStatus
+from pyenvoy.network.chain_match import ChainSelector, ConnectionFacts, FilterChainMatch
 from pyenvoy.network.connection import Connection
 
 log = Logger()
@@ -107,7 +108,11 @@ class ListenerFilterPhase:
             return
         self.buffer += data
         current = self.filters[self.index]
-        if current.onData(self.buffer) is FilterStatus.CONTINUE:
+        status = current.onData(self.buffer)
+        if self._done:
+            # The filter decided from inside onData (continueFilterChain).
+            return
+        if status is FilterStatus.CONTINUE:
             self._runFrom(self.index + 1)
         elif len(self.buffer) >= current.maxReadBytes():
             self._runFrom(self.index + 1)
@@ -160,7 +165,8 @@ class ListenerFilterPhase:
         self._timer = None
         if success:
             self.connection.streamInfo.requestedServerName = self.requestedServerName or None
-            self.connection.listenerFiltersDone(self.listener.selectChain(self), self.buffer)
+            self.connection.listenerFiltersDone(
+                self.listener.selectChain(self, self.connection), self.buffer)
 
 
 class ActiveListener(Factory):
@@ -187,6 +193,9 @@ class ActiveListener(Factory):
         self.chains = [FilterChain(c, context, sslScope) for c in config.filterChains]
         self.default = (FilterChain(config.defaultFilterChain, context, sslScope)
                         if config.defaultFilterChain else None)
+        self._selector: ChainSelector[FilterChain] = ChainSelector(
+            [(chain.config.match or FilterChainMatch(), chain) for chain in self.chains],
+            self.default)
         self._listenerFilterMakers = [
             f.factory.createFilterFactory(f.config, context) for f in config.listenerFilters
         ]
@@ -242,23 +251,35 @@ class ActiveListener(Factory):
         phase.start()
         return connection._listenerPhase
 
-    def defaultChain(self) -> FilterChain | None:
+    def defaultChain(self, connection: Connection | None = None) -> FilterChain | None:
         """
         The chain for a connection when no listener filter ran.
         """
-        return self.selectChain(None)
+        return self.selectChain(None, connection)
 
-    def selectChain(self, phase: ListenerFilterPhase | None) -> FilterChain | None:
+    def selectChain(self, phase: ListenerFilterPhase | None,
+                    connection: Connection | None = None) -> FilterChain | None:
         """
-        Pick the filter chain (one chain per listener until
-        filter_chain_match lands), counting a miss as Envoy does.
+        Pick the filter chain by C{filter_chain_match} from the
+        connection's addresses and what the listener filters found (see
+        L{pyenvoy.network.chain_match}); count a miss as Envoy does.
         """
-        if self.chains:
-            return self.chains[0]
-        if self.default is not None:
-            return self.default
-        self.noFilterChainMatch.value += 1
-        return None
+        info = connection.streamInfo if connection is not None else None
+        facts = ConnectionFacts(
+            local=info.downstreamLocalAddress if info is not None else None,
+            remote=info.downstreamRemoteAddress if info is not None else None,
+            serverName=phase.requestedServerName if phase is not None else "",
+            # Envoy's listener says raw_buffer when no listener filter knew better.
+            transportProtocol=(phase.detectedTransportProtocol
+                               if phase is not None and phase.detectedTransportProtocol
+                               else "raw_buffer"),
+            applicationProtocols=(tuple(phase.requestedApplicationProtocols)
+                                  if phase is not None else ()),
+        )
+        chain = self._selector.select(facts)
+        if chain is None:
+            self.noFilterChainMatch.value += 1
+        return chain
 
     def whenDrained(self, callback: Callable[[], None]) -> None:
         """

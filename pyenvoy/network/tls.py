@@ -25,7 +25,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from OpenSSL import SSL, crypto
-from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+)
 from zope.interface import implementer
 
 from pyenvoy.config.reader import Section
@@ -761,3 +764,248 @@ def shutdownWrite(transport: Any) -> None:
         pass
     tlsProtocol._flushSendBIO()
     transport.loseWriteConnection()
+
+
+# -- upstream TLS (a cluster's transport_socket) --------------------------------
+
+UPSTREAM_TLS_CONTEXT = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext")
+
+_UPSTREAM_UNSUPPORTED = (
+    "auto_host_sni", "auto_sni_san_validation", "allow_renegotiation",
+    "enforce_rsa_key_usage",
+)
+
+
+@dataclass(frozen=True)
+class UpstreamTlsConfig:
+    """
+    A checked C{UpstreamTlsContext}: what a cluster's connections present
+    and how they verify the upstream's certificate.
+
+    Verification is off unless C{trustedCa} is set (as Envoy); the client
+    certificate (for mutual TLS) is optional.  The private key is kept out
+    of C{repr}.
+    """
+
+    certificateChain: tuple[bytes, ...]
+    privateKey: bytes | None = field(repr=False)
+    trustedCa: tuple[bytes, ...] | None
+    sanMatchers: tuple[SanMatcher, ...]
+    certificateHashes: tuple[bytes, ...]
+    spkiHashes: tuple[bytes, ...]
+    sni: str | None
+    minVersion: int
+    maxVersion: int
+    cipherSuites: tuple[str, ...]
+    alpnProtocols: tuple[bytes, ...]
+    path: str
+
+
+def parseUpstreamTransportSocket(section: Section) -> UpstreamTlsConfig | None:
+    """
+    Read a cluster's C{transport_socket}; C{None} for plaintext
+    (C{envoy.transport_sockets.raw_buffer}) or when it has errors (they
+    are recorded in C{section}'s problems).
+    """
+    name = section.string("name", required=True)
+    typed = section.section("typed_config")
+    section.finish()
+    if name == RAW_BUFFER_TRANSPORT_SOCKET:
+        if typed is not None:
+            typed.ignore("@type")
+        return None
+    if name != TLS_TRANSPORT_SOCKET:
+        if name is not None:
+            section.error(f"unknown transport socket {name!r}; known: "
+                          f"{TLS_TRANSPORT_SOCKET}, {RAW_BUFFER_TRANSPORT_SOCKET}", "name")
+        return None
+    if typed is None:
+        section.error("missing required field 'typed_config'")
+        return None
+    typeURL = typed.string("@type", required=True)
+    if typeURL is not None and typeURL != UPSTREAM_TLS_CONTEXT:
+        typed.error(f"a cluster's transport socket needs {UPSTREAM_TLS_CONTEXT}, "
+                    f"got {typeURL!r}", "@type")
+        return None
+    return parseUpstreamTlsContext(typed)
+
+
+def parseUpstreamTlsContext(section: Section) -> UpstreamTlsConfig | None:
+    """
+    Read and check an C{UpstreamTlsContext} (without its C{@type}).
+    """
+    before = len(section.problems.errors)
+    sni = section.string("sni")
+    if sni is not None and len(sni.encode("utf-8")) > 255:
+        section.error("must be at most 255 bytes", "sni")
+    if section.has("max_session_keys"):
+        # Sessions are never resumed upstream, which is max_session_keys: 0.
+        section.uint32Value("max_session_keys", 1, minimum=0)
+    common = section.section("common_tls_context")
+    section.finish(unsupported=_UPSTREAM_UNSUPPORTED)
+    chain: tuple[bytes, ...] = ()
+    key: bytes | None = None
+    trusted, sans, hashes, spkis = None, (), (), ()
+    minVersion, maxVersion = SSL.TLS1_2_VERSION, SSL.TLS1_2_VERSION
+    ciphers: tuple[str, ...] = DEFAULT_SERVER_CIPHERS
+    alpn: list[bytes] = []
+    if common is not None:
+        certSections = common.sections("tls_certificates")
+        if len(certSections) > 1:
+            common.error("an upstream TLS context takes at most one client certificate",
+                         "tls_certificates")
+        elif certSections:
+            loaded = _parseCertificate(certSections[0])
+            if loaded is not None:
+                chain, key = loaded
+        validation = common.section("validation_context")
+        if validation is not None:
+            trusted, sans, hashes, spkis = _parseValidation(validation)
+            if sans and trusted is None:
+                # Envoy's DefaultCertValidator refuses this too.
+                validation.error("SAN-based verification of peer certificates without "
+                                 "trusted CA is insecure and not allowed",
+                                 "match_typed_subject_alt_names")
+        params = common.section("tls_params")
+        if params is not None:
+            low = params.enum("tls_minimum_protocol_version", _VERSION_CHOICES, "TLS_AUTO")
+            high = params.enum("tls_maximum_protocol_version", _VERSION_CHOICES, "TLS_AUTO")
+            minVersion = TLS_VERSIONS.get(low, minVersion)
+            maxVersion = TLS_VERSIONS.get(high, maxVersion)
+            if minVersion > maxVersion:
+                params.error(f"tls_minimum_protocol_version {low} is above "
+                             f"tls_maximum_protocol_version {high}")
+            if params.has("cipher_suites"):
+                ciphers = _parseCiphers(params) or DEFAULT_SERVER_CIPHERS
+            params.finish(unsupported=_PARAMS_UNSUPPORTED)
+        for item, path in common.items("alpn_protocols"):
+            if isinstance(item, str) and 0 < len(item.encode()) < 256:
+                alpn.append(item.encode())
+            else:
+                common.problems.add(path, "expected a protocol name of 1 to 255 bytes")
+        common.finish(unsupported=_COMMON_UNSUPPORTED)
+    if len(section.problems.errors) != before:
+        return None
+    config = UpstreamTlsConfig(
+        certificateChain=chain, privateKey=key, trustedCa=trusted, sanMatchers=sans,
+        certificateHashes=hashes, spkiHashes=spkis, sni=sni or None,
+        minVersion=minVersion, maxVersion=maxVersion, cipherSuites=ciphers,
+        alpnProtocols=tuple(alpn), path=section.path)
+    try:
+        buildClientContext(config)
+    except SSL.Error as e:
+        section.error(f"OpenSSL refused this TLS context: {_errorText(e)}")
+        return None
+    return config
+
+
+def buildClientContext(config: UpstreamTlsConfig) -> SSL.Context:
+    """
+    The pyOpenSSL client context for C{config}.
+
+    @raise SSL.Error: if OpenSSL refuses any part of it.
+    """
+    ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
+    ctx.set_min_proto_version(config.minVersion)
+    ctx.set_max_proto_version(config.maxVersion)
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
+    ctx.set_cipher_list(":".join(config.cipherSuites).encode("ascii"))
+    if config.certificateChain and config.privateKey is not None:
+        chain = [x509.load_der_x509_certificate(d) for d in config.certificateChain]
+        ctx.use_certificate(crypto.X509.from_cryptography(chain[0]))
+        for extra in chain[1:]:
+            ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+        key = serialization.load_der_private_key(config.privateKey, password=None)
+        ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))  # type: ignore[arg-type]
+        ctx.check_privatekey()
+    if config.trustedCa:
+        store = ctx.get_cert_store()
+        assert store is not None
+        for der in config.trustedCa:
+            store.add_cert(crypto.X509.from_cryptography(x509.load_der_x509_certificate(der)))
+        store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+    if config.trustedCa is not None or config.certificateHashes or config.spkiHashes:
+        ctx.set_verify(SSL.VERIFY_PEER, _verifyCallback)
+    else:
+        ctx.set_verify(SSL.VERIFY_NONE)
+    if config.alpnProtocols:
+        ctx.set_alpn_protos(list(config.alpnProtocols))
+    return ctx
+
+
+class ClientTls:
+    """
+    The TLS side of one cluster: the OpenSSL client context and the
+    cluster's C{cluster.<name>.ssl.*} stats.
+    """
+
+    def __init__(self, config: UpstreamTlsConfig, scope: Any) -> None:
+        self.config = config
+        self.context = buildClientContext(config)
+        self.scope = scope
+        self.stats = {name: scope.counter(name) for name in (
+            "connection_error", "handshake", "session_reused", "no_certificate",
+            "fail_verify_no_cert", "fail_verify_error", "fail_verify_san",
+            "fail_verify_cert_hash")}
+        self.localFacts: dict[str, Any] = {}
+        if config.certificateChain:
+            own = x509.load_der_x509_certificate(config.certificateChain[0])
+            sans = _sans(own)
+            self.localFacts = {
+                "localSubject": _rfc2253(own.subject),
+                "localUriSans": sans["URI"], "localDnsSans": sans["DNS"],
+                "localIpSans": sans["IP_ADDRESS"], "localEmailSans": sans["EMAIL"],
+            }
+
+    def newSession(self, owner: Any) -> "ClientTlsSession":
+        """
+        The per-connection state to hand to C{transport.startTLS}; what was
+        negotiated lands in C{owner.tls}.
+        """
+        return ClientTlsSession(self, owner)
+
+    count = ServerTls.count
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class ClientTlsSession(TlsSession):
+    """
+    One upstream connection's TLS: sends SNI and ALPN, verifies the
+    upstream's certificate and counts stats as L{TlsSession} does for
+    downstream connections.
+    """
+
+    def clientConnectionForTLS(self, tlsProtocol: Any) -> SSL.Connection:
+        """
+        See L{IOpenSSLClientConnectionCreator}.
+        """
+        connection = _SessionConnection(self.server.context, None)
+        connection.session = self
+        config = self.server.config
+        if config.sni:
+            connection.set_tlsext_host_name(config.sni.encode("idna"))
+        connection.set_connect_state()
+        self.connection = connection
+        return connection
+
+
+def sendCloseNotify(transport: Any) -> None:
+    """
+    End our direction of an upstream TLS connection: send close_notify but
+    keep the socket's write side open, because Twisted's TLS layer closes
+    a half-closed socket re-entrantly when the peer answers with its own
+    close_notify.  Before the handshake is done (or with application data
+    still queued) close it whole instead.
+    """
+    tlsProtocol = transport.protocol
+    connection = getattr(tlsProtocol, "_tlsConnection", None)
+    if (connection is None or not getattr(tlsProtocol, "_handshakeDone", False)
+            or getattr(tlsProtocol, "_appSendBuffer", None)):
+        transport.loseConnection()
+        return
+    try:
+        connection.shutdown()
+    except SSL.Error:
+        pass
+    tlsProtocol._flushSendBIO()

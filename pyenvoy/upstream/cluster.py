@@ -103,6 +103,11 @@ class Cluster:
                                    maglev=config.maglevLbConfig,
                                    useHostname=config.useHostnameForHashing,
                                    scope=store.scope(f"cluster.{config.statName}"))
+        #: The L{pyenvoy.network.tls.ClientTls} when connections use TLS.
+        self.tls: Any = None
+        if config.tls is not None:
+            from pyenvoy.network.tls import ClientTls
+            self.tls = ClientTls(config.tls, store.scope(f"cluster.{config.statName}.ssl"))
         self._dnsLoop: LoopingCall | None = None
         self._updateBreaker()
         if config.type == "STATIC":

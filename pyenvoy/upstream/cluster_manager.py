@@ -9,7 +9,7 @@ import enum
 from typing import Any, Callable
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -61,6 +61,12 @@ class UpstreamConnection:
         self._connectedAt: float | None = None
         self._connector: Any = None
         self._timer: Any = None
+        #: The protocol while TCP is up but the TLS handshake is not done.
+        self._handshaking: _UpstreamProtocol | None = None
+        #: The upstream TLS session (C{None} for plaintext clusters).
+        self.tlsSession: Any = None
+        #: What the upstream TLS handshake negotiated (or why it failed).
+        self.tls: dict[str, Any] = {}
         stats = cluster.stats
         stats.upstream_cx_total.value += 1
         stats.upstream_cx_active.value += 1
@@ -89,10 +95,48 @@ class UpstreamConnection:
             return
         self.cluster.stats.upstream_cx_connect_timeout.value += 1
         self._failed("connection timeout", timedOut=True)
-        if self._connector is not None:
+        self._stopConnecting()
+
+    def _stopConnecting(self) -> None:
+        # Before TCP is up the connector stops it; during the TLS handshake
+        # the socket is cut.
+        handshaking, self._handshaking = self._handshaking, None
+        if handshaking is not None:
+            handshaking.transport.abortConnection()
+        elif self._connector is not None:
             self._connector.stopConnecting()
 
+    def _tcpMade(self, protocol: "_UpstreamProtocol") -> None:
+        """
+        TCP is up: for a TLS cluster start the handshake (the connection
+        counts as made only once it is done, as Envoy's C{Connected}
+        event), else the connection is made.
+        """
+        tls = self.cluster.tls
+        if tls is None or self.closed:
+            self._made(protocol)
+            return
+        self._handshaking = protocol
+        self.tlsSession = tls.newSession(self)
+        protocol.transport.startTLS(self.tlsSession)
+
+    def _handshakeFailed(self, protocol: "_UpstreamProtocol", reason: Failure) -> None:
+        """
+        The TLS handshake did not finish: count why, and fail the connect.
+        """
+        self._handshaking = None
+        if self.tlsSession is not None:
+            self.tlsSession.connectionLost(reason)
+        if self.closed:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._failed(self.tls.get("failureReason") or reason.getErrorMessage(),
+                     timedOut=False)
+
     def _made(self, protocol: "_UpstreamProtocol") -> None:
+        self._handshaking = None
         if self.closed:
             protocol.transport.abortConnection()
             return
@@ -182,7 +226,11 @@ class UpstreamConnection:
         Half-close towards the upstream (our FIN).
         """
         if self.protocol is not None and not self.closed:
-            self.protocol.transport.loseWriteConnection()
+            if self.tlsSession is not None:
+                from pyenvoy.network.tls import sendCloseNotify
+                sendCloseNotify(self.protocol.transport)
+            else:
+                self.protocol.transport.loseWriteConnection()
 
     def close(self, flush: bool = True) -> None:
         """
@@ -196,8 +244,7 @@ class UpstreamConnection:
             if self._timer is not None and self._timer.active():
                 self._timer.cancel()
             self._timer = None
-            if self._connector is not None:
-                self._connector.stopConnecting()
+            self._stopConnecting()
             self._release(destroy=True, local=True)
             return
         transport = self.protocol.transport  # type: ignore[union-attr]
@@ -230,7 +277,7 @@ class UpstreamConnection:
         self.protocol.transport.registerProducer(producer, True)  # type: ignore[union-attr]
 
 
-@implementer(IHalfCloseableProtocol)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class _UpstreamProtocol(Protocol):
     """
     The Twisted protocol of an upstream connection; forwards to the
@@ -252,7 +299,15 @@ class _UpstreamProtocol(Protocol):
             handler(data)
 
         self.dataReceived = dataReceived  # type: ignore[method-assign]
-        upstream._made(self)
+        upstream._tcpMade(self)
+
+    def handshakeCompleted(self) -> None:
+        upstream = self.upstream
+        session = upstream.tlsSession
+        if session is not None:
+            session.handshakeCompleted()
+        if upstream._handshaking is self:
+            upstream._made(self)
 
     def readConnectionLost(self) -> None:
         self._readClosed = True
@@ -267,9 +322,13 @@ class _UpstreamProtocol(Protocol):
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        upstream = self.upstream
+        if upstream.tlsSession is not None and upstream.protocol is not self:
+            upstream._handshakeFailed(self, reason)
+            return
         if reason is not None and not reason.check(ConnectionDone):
-            self.upstream.cleanClose = False
-        self.upstream._lost()
+            upstream.cleanClose = False
+        upstream._lost()
 
 
 class _UpstreamFactory(ClientFactory):
@@ -300,6 +359,8 @@ class ClusterManager:
         store.counter("cluster_manager.cluster_modified")
         store.counter("cluster_manager.cluster_removed")
         self._removedCallbacks: dict[str, list[Callable[[Cluster, list[Host]], None]]] = {}
+        self._clients: list[Any] = []
+        self._started = False
         for cluster in self.clusters.values():
             self._watchMembership(cluster)
 
@@ -343,15 +404,32 @@ class ClusterManager:
 
     def start(self) -> None:
         """
-        Start DNS clusters.
+        Start DNS clusters, then the clients added with L{addClient}.
         """
+        self._started = True
         for cluster in self.clusters.values():
             cluster.start()
+        for client in list(self._clients):
+            client.start()
+
+    def addClient(self, client: Any) -> None:
+        """
+        Run C{client} (with C{start()} and C{stop()}, e.g. the REST fetcher
+        of C{client_ssl_auth}) for as long as the clusters run: started with
+        them, or at once if they already are, and stopped with them.
+        """
+        self._clients.append(client)
+        if self._started:
+            client.start()
 
     def stop(self) -> None:
         """
-        Stop DNS refreshes and cut every upstream connection still open.
+        Stop DNS refreshes and clients and cut every upstream connection
+        still open.
         """
+        self._started = False
+        for client in list(self._clients):
+            client.stop()
         for cluster in self.clusters.values():
             cluster.stop()
             for upstream in list(cluster.connections):

@@ -5,7 +5,7 @@ filters.  Declarations only; each filter's code loads when a config uses it.
 
 from twisted.application.service import ServiceMaker
 
-from pyenvoy.plugin import NetworkFilter, UdpListenerFilter
+from pyenvoy.plugin import ListenerFilter, NetworkFilter, UdpListenerFilter
 
 pyenvoyService = ServiceMaker(
     "pyenvoy", "pyenvoy.tap", "An Envoy-compatible L3/L4 proxy.", "pyenvoy")
@@ -30,8 +30,20 @@ mongoProxy = NetworkFilter(
     "pyenvoy.filters.mongo_proxy",
 )
 
+clientSslAuth = NetworkFilter(
+    "envoy.filters.network.client_ssl_auth",
+    "type.googleapis.com/envoy.extensions.filters.network.client_ssl_auth.v3.ClientSSLAuth",
+    "pyenvoy.filters.client_ssl_auth",
+)
+
 udpProxy = UdpListenerFilter(
     "envoy.filters.udp_listener.udp_proxy",
     "type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig",
     "pyenvoy.filters.udp_proxy",
+)
+
+tlsInspector = ListenerFilter(
+    "envoy.filters.listener.tls_inspector",
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector",
+    "pyenvoy.filters.tls_inspector",
 )
