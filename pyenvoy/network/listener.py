@@ -36,14 +36,17 @@ class FilterChain:
     """
 
     def __init__(self, config: FilterChainConfig, context: Any,
-                 sslScope: Any = None) -> None:
+                 sslScope: Any = None, factoryScope: Any = None) -> None:
         self.config = config
         self.name = config.name
         #: L{pyenvoy.network.tls.ServerTls} when the chain terminates TLS.
         self.tls: Any = None
         if config.tls is not None:
             from pyenvoy.network.tls import ServerTls
-            self.tls = ServerTls(config.tls, sslScope or context.store.scope("ssl"))
+            self.tls = ServerTls(
+                config.tls, sslScope or context.store.scope("ssl"),
+                reactor=getattr(context, "reactor", None),
+                factoryScope=factoryScope or context.store.scope("server_ssl_socket_factory"))
         self._makers: list[Callable[[], Any]] = [
             f.factory.createFilterFactory(f.config, context) for f in config.filters
         ]
@@ -190,8 +193,10 @@ class ActiveListener(Factory):
         self.preCxActive = scope.gauge("downstream_pre_cx_active")
         self.filterErrors = self.store.counter("pyenvoy.filter_errors")
         sslScope = scope.scope("ssl")
-        self.chains = [FilterChain(c, context, sslScope) for c in config.filterChains]
-        self.default = (FilterChain(config.defaultFilterChain, context, sslScope)
+        factoryScope = scope.scope("server_ssl_socket_factory")
+        self.chains = [FilterChain(c, context, sslScope, factoryScope)
+                       for c in config.filterChains]
+        self.default = (FilterChain(config.defaultFilterChain, context, sslScope, factoryScope)
                         if config.defaultFilterChain else None)
         self._selector: ChainSelector[FilterChain] = ChainSelector(
             [(chain.config.match or FilterChainMatch(), chain) for chain in self.chains],

@@ -4,7 +4,8 @@ C{DownstreamTlsContext}, parsed, checked and turned into a pyOpenSSL context.
 
 Certificates and keys are loaded when the config is read, so a missing
 file, bad PEM or a key that does not belong to its certificate stops
-start-up with the YAML path.  Each accepted connection gets a
+start-up with the YAML path; files that change on disk later are read
+again for new connections (L{_ReloadingContext}).  Each accepted connection gets a
 L{TlsSession} (the L{IOpenSSLServerConnectionCreator} handed to
 C{transport.startTLS}); it verifies the peer as Envoy's default
 validator does (chain, then SANs, then hash/SPKI pins), counts the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import hashlib
 import os
 import re
@@ -29,9 +31,12 @@ from twisted.internet.interfaces import (
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
 )
+from twisted.logger import Logger
 from zope.interface import implementer
 
-from pyenvoy.config.reader import Section
+from pyenvoy.config.reader import Problems, Section
+
+log = Logger()
 
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 RAW_BUFFER_TRANSPORT_SOCKET = "envoy.transport_sockets.raw_buffer"
@@ -157,6 +162,10 @@ class DownstreamTlsConfig:
     cipherSuites: tuple[str, ...]
     alpnProtocols: tuple[bytes, ...]
     path: str
+    #: The files (C{filename} DataSources) this context was loaded from.
+    watchedFiles: tuple[str, ...] = ()
+    #: The context's YAML (without C{@type}), to read it again on reload.
+    source: Any = field(default=None, repr=False, compare=False)
 
     @property
     def clientCertificateRequired(self) -> bool:
@@ -205,6 +214,25 @@ def _dataSource(section: Section | None) -> bytes | None:
                 data = value.encode("utf-8")
     section.finish(unsupported=("watched_directory",))
     return data
+
+
+def _watchedFiles(*sources: Any) -> tuple[str, ...]:
+    """
+    The C{filename}s among the raw DataSource mappings C{sources}.
+    """
+    names = []
+    for source in sources:
+        if isinstance(source, dict) and isinstance(source.get("filename"), str):
+            names.append(source["filename"])
+    return tuple(names)
+
+
+def _source(section: Section) -> Any:
+    """
+    A copy of a context's YAML, without the C{@type} already read, to
+    parse again when its files change.
+    """
+    return {k: copy.deepcopy(v) for k, v in section.raw.items() if k != "@type"}
 
 
 def _loadCertificates(data: bytes, section: Section, name: str) -> list[x509.Certificate]:
@@ -428,7 +456,12 @@ def parseDownstreamTlsContext(section: Section) -> DownstreamTlsConfig | None:
         certificateChain=loaded[0], privateKey=loaded[1], trustedCa=trusted,
         sanMatchers=sans, certificateHashes=hashes, spkiHashes=spkis,
         requireClientCertificate=require, minVersion=minVersion, maxVersion=maxVersion,
-        cipherSuites=ciphers, alpnProtocols=tuple(alpn), path=section.path)
+        cipherSuites=ciphers, alpnProtocols=tuple(alpn), path=section.path,
+        watchedFiles=_watchedFiles(
+            certSections[0].raw.get("certificate_chain"),
+            certSections[0].raw.get("private_key"),
+            validation.raw.get("trusted_ca") if validation is not None else None),
+        source=_source(section))
     try:
         buildContext(config)
     except SSL.Error as e:
@@ -527,13 +560,146 @@ def _sans(cert: x509.Certificate) -> dict[str, list[str]]:
     return out
 
 
-class ServerTls:
+#: How often (seconds of the reactor's clock) a TLS context's files are
+#: checked for changes, at most; the check runs when a connection starts.
+RELOAD_CHECK_INTERVAL = 1.0
+
+
+def fileSignature(name: str) -> tuple[int, int, int] | None:
+    """
+    C{(mtime_ns, size, inode)} of C{name} (following symlinks, so a
+    Kubernetes-style C{..data} swap counts), or C{None} if it cannot be
+    stat'ed.  Any difference means the file changed.
+    """
+    try:
+        st = os.stat(name)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _localFacts(chain: tuple[bytes, ...]) -> dict[str, Any]:
+    if not chain:
+        return {}
+    own = x509.load_der_x509_certificate(chain[0])
+    sans = _sans(own)
+    return {
+        "localSubject": _rfc2253(own.subject),
+        "localUriSans": sans["URI"], "localDnsSans": sans["DNS"],
+        "localIpSans": sans["IP_ADDRESS"], "localEmailSans": sans["EMAIL"],
+    }
+
+
+class _ReloadingContext:
+    """
+    Reload a TLS context when the files it was loaded from change on disk.
+
+    Without SDS, Envoy needs a restart for new certificates; here the
+    files' L{fileSignature}s are compared when a connection starts, at
+    most once per L{RELOAD_CHECK_INTERVAL} of the injected reactor's
+    clock.  On a change the whole context is read again from its YAML
+    (chain, key matching the certificate, CA bundle) and, if it is good,
+    becomes the one used for new connections (C{ssl_context_update_by_sds});
+    if not, the old one stays, a line names the files and the problem and
+    C{key_rotation_failed} is counted.  Open connections keep the context
+    they started with.
+    """
+
+    config: Any
+    context: SSL.Context
+    localFacts: dict[str, Any]
+    _kind = "TLS context"
+
+    def _watch(self, reactor: Any, factoryScope: Any) -> None:
+        self._reactor = reactor
+        self._factoryScope = factoryScope
+        self._signatures = self._readSignatures()
+        self._lastCheck = reactor.seconds() if reactor is not None else 0.0
+        self._updated: Any = None
+        self._rotationFailed: Any = None
+        if factoryScope is not None and self.config.watchedFiles:
+            self._updated = factoryScope.counter("ssl_context_update_by_sds")
+            self._rotationFailed = factoryScope.counter("key_rotation_failed")
+
+    def _readSignatures(self) -> tuple[Any, ...]:
+        return tuple(fileSignature(name) for name in self.config.watchedFiles)
+
+    def maybeReload(self) -> bool:
+        """
+        Check the files if the interval has passed; reload if they changed.
+        Return whether a new context was taken.
+        """
+        if (self._reactor is None or self._updated is None
+                or self.config.source is None):
+            return False
+        now = self._reactor.seconds()
+        if now - self._lastCheck < RELOAD_CHECK_INTERVAL:
+            return False
+        self._lastCheck = now
+        signatures = self._readSignatures()
+        if signatures == self._signatures:
+            return False
+        changed = [name for name, old, new in zip(
+            self.config.watchedFiles, self._signatures, signatures) if old != new]
+        # Remember what was seen even on failure: a bad file is reported
+        # once, and tried again when it changes again.
+        self._signatures = signatures
+        return self.reload(changed)
+
+    def reload(self, changed: list[str] | None = None) -> bool:
+        """
+        Read the context again from its YAML; take it if it is good, else
+        keep the current one and count C{key_rotation_failed}.
+        """
+        files = ", ".join(changed or self.config.watchedFiles)
+        problems = Problems()
+        config = self._parse(Section(copy.deepcopy(self.config.source),
+                                     self.config.path, problems))
+        context = None
+        reason = "; ".join(str(e) for e in problems.errors) or "invalid"
+        if config is not None:
+            try:
+                context = self._build(config)
+            except SSL.Error as e:
+                reason = f"OpenSSL refused it: {_errorText(e)}"
+        if context is None or config is None:
+            if self._rotationFailed is not None:
+                self._rotationFailed.inc()
+            log.error("{kind} at {path}: changed file(s) {files} refused, keeping the "
+                      "previous certificate: {reason}", kind=self._kind,
+                      path=self.config.path, files=files, reason=reason)
+            return False
+        self.config = config
+        self.context = context
+        self.localFacts = _localFacts(config.certificateChain)
+        self._signatures = self._readSignatures()
+        if self._updated is not None:
+            self._updated.inc()
+        log.info("{kind} at {path}: reloaded from {files}", kind=self._kind,
+                 path=config.path, files=files)
+        return True
+
+    def _parse(self, section: Section) -> Any:
+        raise NotImplementedError()
+
+    def _build(self, config: Any) -> SSL.Context:
+        raise NotImplementedError()
+
+
+class ServerTls(_ReloadingContext):
     """
     The TLS side of one filter chain: the OpenSSL context, the listener's
     C{ssl.*} stats and what is known of our own certificate.
+
+    With a C{reactor} and a C{factoryScope}
+    (C{listener.<address>.server_ssl_socket_factory}), certificate, key
+    and CA files are reloaded when they change (see L{_ReloadingContext}).
     """
 
-    def __init__(self, config: DownstreamTlsConfig, scope: Any) -> None:
+    _kind = "downstream TLS context"
+
+    def __init__(self, config: DownstreamTlsConfig, scope: Any, reactor: Any = None,
+                 factoryScope: Any = None) -> None:
         self.config = config
         self.context = buildContext(config)
         self.scope = scope
@@ -541,18 +707,21 @@ class ServerTls:
             "connection_error", "handshake", "session_reused", "no_certificate",
             "fail_verify_no_cert", "fail_verify_error", "fail_verify_san",
             "fail_verify_cert_hash")}
-        own = x509.load_der_x509_certificate(config.certificateChain[0])
-        sans = _sans(own)
-        self.localFacts = {
-            "localSubject": _rfc2253(own.subject),
-            "localUriSans": sans["URI"], "localDnsSans": sans["DNS"],
-            "localIpSans": sans["IP_ADDRESS"], "localEmailSans": sans["EMAIL"],
-        }
+        self.localFacts = _localFacts(config.certificateChain)
+        self._watch(reactor, factoryScope)
+
+    def _parse(self, section: Section) -> Any:
+        return parseDownstreamTlsContext(section)
+
+    def _build(self, config: Any) -> SSL.Context:
+        return buildContext(config)
 
     def newSession(self, streamInfo: Any) -> "TlsSession":
         """
-        The per-connection state to hand to C{transport.startTLS}.
+        The per-connection state to hand to C{transport.startTLS}; first
+        take changed certificate files into account (L{maybeReload}).
         """
+        self.maybeReload()
         return TlsSession(self, streamInfo)
 
     def count(self, name: str) -> None:
@@ -578,6 +747,11 @@ class TlsSession:
     def __init__(self, server: ServerTls, streamInfo: Any) -> None:
         self.server = server
         self.streamInfo = streamInfo
+        #: The config and context this connection started with; a reload
+        #: of the server's files does not change them.
+        self.config = server.config
+        self.context = server.context
+        self.localFacts = server.localFacts
         self.connection: SSL.Connection | None = None
         self.established = False
         self.failure: str | None = None
@@ -587,7 +761,7 @@ class TlsSession:
         """
         See L{IOpenSSLServerConnectionCreator}.
         """
-        connection = _SessionConnection(self.server.context, None)
+        connection = _SessionConnection(self.context, None)
         connection.session = self
         self.connection = connection
         return connection
@@ -605,7 +779,7 @@ class TlsSession:
         (only when C{trusted_ca} is set); the leaf is then checked against
         the SAN matchers and the hash/SPKI pins.
         """
-        config = self.server.config
+        config = self.config
         if self.failure is not None:
             return False
         if not ok and config.trustedCa is not None:
@@ -650,7 +824,7 @@ class TlsSession:
         if _sessionReused(connection):
             server.count("session_reused")
         facts: dict[str, Any] = {"version": version, "cipher": cipher}
-        facts.update(server.localFacts)
+        facts.update(self.localFacts)
         session = connection.get_session()
         if session is not None:
             facts["sessionId"] = _sessionId(session)
@@ -800,6 +974,10 @@ class UpstreamTlsConfig:
     cipherSuites: tuple[str, ...]
     alpnProtocols: tuple[bytes, ...]
     path: str
+    #: The files (C{filename} DataSources) this context was loaded from.
+    watchedFiles: tuple[str, ...] = ()
+    #: The context's YAML (without C{@type}), to read it again on reload.
+    source: Any = field(default=None, repr=False, compare=False)
 
 
 def parseUpstreamTransportSocket(section: Section) -> UpstreamTlsConfig | None:
@@ -850,8 +1028,12 @@ def parseUpstreamTlsContext(section: Section) -> UpstreamTlsConfig | None:
     minVersion, maxVersion = SSL.TLS1_2_VERSION, SSL.TLS1_2_VERSION
     ciphers: tuple[str, ...] = DEFAULT_SERVER_CIPHERS
     alpn: list[bytes] = []
+    watched: list[Any] = []
     if common is not None:
         certSections = common.sections("tls_certificates")
+        for certSection in certSections[:1]:
+            watched += [certSection.raw.get("certificate_chain"),
+                        certSection.raw.get("private_key")]
         if len(certSections) > 1:
             common.error("an upstream TLS context takes at most one client certificate",
                          "tls_certificates")
@@ -861,6 +1043,7 @@ def parseUpstreamTlsContext(section: Section) -> UpstreamTlsConfig | None:
                 chain, key = loaded
         validation = common.section("validation_context")
         if validation is not None:
+            watched.append(validation.raw.get("trusted_ca"))
             trusted, sans, hashes, spkis = _parseValidation(validation)
             if sans and trusted is None:
                 # Envoy's DefaultCertValidator refuses this too.
@@ -891,7 +1074,8 @@ def parseUpstreamTlsContext(section: Section) -> UpstreamTlsConfig | None:
         certificateChain=chain, privateKey=key, trustedCa=trusted, sanMatchers=sans,
         certificateHashes=hashes, spkiHashes=spkis, sni=sni or None,
         minVersion=minVersion, maxVersion=maxVersion, cipherSuites=ciphers,
-        alpnProtocols=tuple(alpn), path=section.path)
+        alpnProtocols=tuple(alpn), path=section.path,
+        watchedFiles=_watchedFiles(*watched), source=_source(section))
     try:
         buildClientContext(config)
     except SSL.Error as e:
@@ -934,13 +1118,21 @@ def buildClientContext(config: UpstreamTlsConfig) -> SSL.Context:
     return ctx
 
 
-class ClientTls:
+class ClientTls(_ReloadingContext):
     """
     The TLS side of one cluster: the OpenSSL client context and the
     cluster's C{cluster.<name>.ssl.*} stats.
+
+    With a C{reactor} and a C{factoryScope}
+    (C{cluster.<name>.client_ssl_socket_factory}), client certificate,
+    key and CA files are reloaded when they change (see
+    L{_ReloadingContext}).
     """
 
-    def __init__(self, config: UpstreamTlsConfig, scope: Any) -> None:
+    _kind = "upstream TLS context"
+
+    def __init__(self, config: UpstreamTlsConfig, scope: Any, reactor: Any = None,
+                 factoryScope: Any = None) -> None:
         self.config = config
         self.context = buildClientContext(config)
         self.scope = scope
@@ -948,21 +1140,22 @@ class ClientTls:
             "connection_error", "handshake", "session_reused", "no_certificate",
             "fail_verify_no_cert", "fail_verify_error", "fail_verify_san",
             "fail_verify_cert_hash")}
-        self.localFacts: dict[str, Any] = {}
-        if config.certificateChain:
-            own = x509.load_der_x509_certificate(config.certificateChain[0])
-            sans = _sans(own)
-            self.localFacts = {
-                "localSubject": _rfc2253(own.subject),
-                "localUriSans": sans["URI"], "localDnsSans": sans["DNS"],
-                "localIpSans": sans["IP_ADDRESS"], "localEmailSans": sans["EMAIL"],
-            }
+        self.localFacts: dict[str, Any] = _localFacts(config.certificateChain)
+        self._watch(reactor, factoryScope)
+
+    def _parse(self, section: Section) -> Any:
+        return parseUpstreamTlsContext(section)
+
+    def _build(self, config: Any) -> SSL.Context:
+        return buildClientContext(config)
 
     def newSession(self, owner: Any) -> "ClientTlsSession":
         """
         The per-connection state to hand to C{transport.startTLS}; what was
-        negotiated lands in C{owner.tls}.
+        negotiated lands in C{owner.tls}.  Changed certificate files are
+        taken into account first (L{maybeReload}).
         """
+        self.maybeReload()
         return ClientTlsSession(self, owner)
 
     count = ServerTls.count
@@ -980,9 +1173,9 @@ class ClientTlsSession(TlsSession):
         """
         See L{IOpenSSLClientConnectionCreator}.
         """
-        connection = _SessionConnection(self.server.context, None)
+        connection = _SessionConnection(self.context, None)
         connection.session = self
-        config = self.server.config
+        config = self.config
         if config.sni:
             connection.set_tlsext_host_name(config.sni.encode("idna"))
         connection.set_connect_state()

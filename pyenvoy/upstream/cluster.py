@@ -107,7 +107,9 @@ class Cluster:
         self.tls: Any = None
         if config.tls is not None:
             from pyenvoy.network.tls import ClientTls
-            self.tls = ClientTls(config.tls, store.scope(f"cluster.{config.statName}.ssl"))
+            self.tls = ClientTls(
+                config.tls, store.scope(f"cluster.{config.statName}.ssl"), reactor=reactor,
+                factoryScope=store.scope(f"cluster.{config.statName}.client_ssl_socket_factory"))
         self._dnsLoop: LoopingCall | None = None
         self._updateBreaker()
         if config.type == "STATIC":
