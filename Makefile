@@ -6,7 +6,7 @@ TWISTD  = $(VENV)/bin/twistd
 CONFIG ?= etc/pyenvoy.yaml
 TESTS  ?= tests
 # Debian packages the tests and benchmarks drive for real.
-APT_PACKAGES = redis-server redis-tools iperf3 netcat-openbsd bind9-dnsutils
+APT_PACKAGES = redis-server redis-tools iperf3 netcat-openbsd bind9-dnsutils postgresql
 
 .PHONY: run install system-deps test trial packaging-check bench clean
 

@@ -925,7 +925,7 @@ class FilterTests(ConfigTestCase):
             "unknown network filter 'envoy.filters.network.echoo'; known: "
             "envoy.filters.network.client_ssl_auth, "
             "envoy.filters.network.echo, envoy.filters.network.mongo_proxy, "
-            "envoy.filters.network.tcp_proxy")
+            "envoy.filters.network.postgres_proxy, envoy.filters.network.tcp_proxy")
 
     def test_unknownType(self) -> None:
         """
@@ -941,7 +941,8 @@ class FilterTests(ConfigTestCase):
             "network.redis_proxy.v3.RedisProxy'; known: type.googleapis.com/envoy."
             f"extensions.filters.network.client_ssl_auth.v3.ClientSSLAuth, {ECHO_TYPE}, "
             "type.googleapis.com/envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy, "
-            f"{TCP_PROXY_TYPE}")
+            "type.googleapis.com/envoy.extensions.filters.network.postgres_proxy.v3alpha."
+            f"PostgresProxy, {TCP_PROXY_TYPE}")
 
     def test_missingType(self) -> None:
         """

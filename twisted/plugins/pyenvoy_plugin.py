@@ -30,6 +30,12 @@ mongoProxy = NetworkFilter(
     "pyenvoy.filters.mongo_proxy",
 )
 
+postgresProxy = NetworkFilter(
+    "envoy.filters.network.postgres_proxy",
+    "type.googleapis.com/envoy.extensions.filters.network.postgres_proxy.v3alpha.PostgresProxy",
+    "pyenvoy.filters.postgres_proxy",
+)
+
 clientSslAuth = NetworkFilter(
     "envoy.filters.network.client_ssl_auth",
     "type.googleapis.com/envoy.extensions.filters.network.client_ssl_auth.v3.ClientSSLAuth",

@@ -1,0 +1,346 @@
+"""
+C{envoy.filters.network.postgres_proxy}: follow the PostgreSQL protocol on
+a connection for Envoy's stats and SQL dynamic metadata, without changing
+a byte.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from pyenvoy.interfaces import FilterStatus, IReadFilter, IWriteFilter
+
+log = Logger()
+
+TYPE_URL = ("type.googleapis.com/envoy.extensions.filters.network.postgres_proxy.v3alpha."
+            "PostgresProxy")
+METADATA_NAMESPACE = "envoy.filters.network.postgres_proxy"
+
+#: Envoy's C{ALL_POSTGRES_PROXY_STATS}, then pyenvoy's C{decoding_error}.
+COUNTERS = (
+    "errors", "errors_error", "errors_fatal", "errors_panic", "errors_unknown",
+    "messages", "messages_backend", "messages_frontend", "messages_unknown",
+    "sessions", "sessions_encrypted", "sessions_terminated_ssl", "sessions_unencrypted",
+    "sessions_upstream_ssl_success", "sessions_upstream_ssl_failed",
+    "statements", "statements_insert", "statements_delete", "statements_update",
+    "statements_select", "statements_other",
+    "transactions", "transactions_commit", "transactions_rollback",
+    "statements_parsed", "statements_parse_error",
+    "notices", "notices_notice", "notices_warning", "notices_debug", "notices_info",
+    "notices_log", "notices_unknown",
+    # pyenvoy addition: the decoder lost sync and stopped inspecting.
+    "decoding_error",
+)
+
+_ERRORS = {"ERROR": "errors_error", "FATAL": "errors_fatal", "PANIC": "errors_panic"}
+_NOTICES = {"WARNING": "notices_warning", "NOTICE": "notices_notice",
+            "DEBUG": "notices_debug", "INFO": "notices_info", "LOG": "notices_log"}
+_STATEMENTS = {"SELECT": "statements_select", "INSERT": "statements_insert",
+               "UPDATE": "statements_update", "DELETE": "statements_delete"}
+_ENCRYPTION_REQUESTS = ("SSLRequest", "GSSENCRequest", "CancelRequest")
+
+
+@dataclass(frozen=True)
+class PostgresProxyConfig:
+    """
+    A validated C{PostgresProxy} message.
+    """
+
+    statPrefix: str
+    enableSqlParsing: bool = True
+    terminateSsl: bool = False
+    downstreamSsl: str = "DISABLE"
+    upstreamSsl: str = "DISABLE"
+
+
+class _Shared:
+    """
+    What every connection of one configured postgres_proxy shares: the
+    stats and the SQL parser.
+    """
+
+    def __init__(self, config: PostgresProxyConfig, store: Any,
+                 parseSql: Callable[[str, str | None], dict[str, list[str]] | None] | None
+                 ) -> None:
+        self.config = config
+        self.scope = scope = store.scope(f"postgres.{config.statPrefix}")
+        self.stats = {name: scope.counter(name) for name in COUNTERS}
+        self.parseSql = parseSql
+
+    def inc(self, *names: str) -> None:
+        """
+        Count each of C{names} once.
+        """
+        for name in names:
+            self.stats[name].value += 1
+
+
+@implementer(IReadFilter, IWriteFilter)
+class PostgresProxyFilter:
+    """
+    One connection: decodes the client's messages on the read path and
+    the server's on the write path, counts them as Envoy does, and always
+    lets the bytes through untouched.
+    """
+
+    def __init__(self, shared: _Shared) -> None:
+        from pyenvoy.filters.postgres_proxy.codec import Decoder
+
+        self.shared = shared
+        self.sniffing = True
+        self.frontend = Decoder(frontend=True)
+        self.backend = Decoder(frontend=False)
+        self.started = False
+        self.inTransaction = False
+        self.parameters: dict[str, str] = {}
+
+    def initializeReadFilterCallbacks(self, callbacks: Any) -> None:
+        self.readCallbacks = callbacks
+        self.connection = callbacks.connection
+
+    def initializeWriteFilterCallbacks(self, callbacks: Any) -> None:
+        self.writeCallbacks = callbacks
+
+    def onNewConnection(self) -> FilterStatus:
+        return FilterStatus.CONTINUE
+
+    def onData(self, data: bytes, endStream: bool) -> FilterStatus:
+        """
+        Decode what the client sent.
+        """
+        if self.sniffing and data:
+            for message in self.frontend.feed(data):
+                self._frontendMessage(message)
+                if not self.sniffing:
+                    break
+        return FilterStatus.CONTINUE
+
+    def onWrite(self, data: bytes, endStream: bool) -> FilterStatus:
+        """
+        Decode what the server sent (once the client's startup is seen).
+        """
+        if self.sniffing and self.started and data:
+            for message in self.backend.feed(data):
+                self._backendMessage(message)
+                if not self.sniffing:
+                    break
+        return FilterStatus.CONTINUE
+
+    def _stop(self) -> None:
+        self.sniffing = False
+        self.frontend.stop()
+        self.backend.stop()
+
+    def _malformed(self, message: Any, direction: str) -> bool:
+        from pyenvoy.filters.postgres_proxy.codec import MalformedMessage
+
+        if not isinstance(message, MalformedMessage):
+            return False
+        log.info("postgres_proxy: {direction} decoding error, inspection stopped: {reason}",
+                 direction=direction, reason=message.reason)
+        self.shared.inc("decoding_error")
+        self._stop()
+        return True
+
+    def _frontendMessage(self, message: Any) -> None:
+        if self._malformed(message, "frontend"):
+            return
+        shared = self.shared
+        shared.inc("messages", "messages_frontend")
+        name = message.name
+        if message.type == "":
+            if name in _ENCRYPTION_REQUESTS:
+                # Envoy without terminate_ssl: passed upstream, the session
+                # counts as encrypted and is not inspected further.
+                shared.inc("sessions", "sessions_encrypted")
+                self._stop()
+            elif name == "StartupMessage":
+                self.parameters = dict(message.values["parameters"])
+                if "database" not in self.parameters and "user" in self.parameters:
+                    self.parameters["database"] = self.parameters["user"]
+                self.started = True
+            else:
+                shared.inc("messages", "messages_unknown")
+                self._stop()
+            return
+        if name == "Unknown":
+            shared.inc("messages", "messages_unknown")
+        elif name in ("Query", "Parse"):
+            self._sql(message.values["sql"])
+        elif name == "Terminate":
+            if self.inTransaction:
+                self.inTransaction = False
+                shared.inc("transactions_rollback")
+
+    def _backendMessage(self, message: Any) -> None:
+        if self._malformed(message, "backend"):
+            return
+        shared = self.shared
+        shared.inc("messages", "messages_backend")
+        name = message.name
+        if name == "CommandComplete":
+            self._commandComplete(message.values["command"])
+        elif name == "ErrorResponse":
+            shared.inc("errors", _ERRORS.get(message.values["severity"], "errors_unknown"))
+        elif name == "NoticeResponse":
+            shared.inc("notices", _NOTICES.get(message.values["severity"], "notices_unknown"))
+        elif name == "Authentication":
+            if message.length == 9 and message.values["code"] == 0:
+                shared.inc("sessions", "sessions_unencrypted")
+        elif name == "Unknown":
+            shared.inc("messages", "messages_unknown")
+
+    def _commandComplete(self, command: str) -> None:
+        """
+        Envoy's statement and transaction counting from a command tag.
+        """
+        shared = self.shared
+        if command in ("BEGIN", "START"):
+            shared.inc("statements", "statements_other")
+            if not self.inTransaction:
+                shared.inc("transactions")
+            self.inTransaction = True
+        elif command == "COMMIT":
+            shared.inc("statements", "statements_other", "transactions_commit")
+            self.inTransaction = False
+        elif command == "ROLLBACK":
+            shared.inc("statements", "statements_other")
+            if self.inTransaction:
+                shared.inc("transactions_rollback")
+            self.inTransaction = False
+        else:
+            shared.inc("statements", _STATEMENTS.get(command, "statements_other"))
+            if not self.inTransaction:
+                shared.inc("transactions", "transactions_commit")
+
+    def _sql(self, sql: str) -> None:
+        parse = self.shared.parseSql
+        if parse is None:
+            return
+        tables = parse(sql, self.parameters.get("database"))
+        if tables is None:
+            self.shared.inc("statements_parse_error")
+            return
+        self.shared.inc("statements_parsed")
+        metadata = self.connection.streamInfo.dynamicMetadata.setdefault(
+            METADATA_NAMESPACE, {})
+        metadata.update(tables)
+
+
+def parseSql(sql: str, database: str | None) -> dict[str, list[str]] | None:
+    """
+    The tables C{sql} touches and how, shaped as Envoy's metadata:
+    C{{"<table>.<database>": ["insert", "select"]}}; C{None} when sqlglot
+    cannot parse it.  SHOW statements are skipped, as in Envoy.
+    """
+    import sqlglot
+    from sqlglot import exp
+
+    try:
+        statements = sqlglot.parse(sql, read="postgres")
+    except Exception:
+        return None
+    suffix = f".{database}" if database else ""
+    result: dict[str, list[str]] = {}
+    statementKinds = tuple(getattr(exp, name) for name in _STATEMENT_CLASSES
+                           if hasattr(exp, name))
+    for statement in statements:
+        if statement is None or isinstance(statement, exp.Show):
+            continue
+        if isinstance(statement, exp.Command):
+            if str(statement.this).upper() == "SHOW":
+                continue
+            return None
+        if not isinstance(statement, statementKinds):
+            # sqlglot reads "SELEKT foo" as a bare expression.
+            return None
+        for table, op in _tablesAccessed(statement, exp):
+            result.setdefault(table + suffix, []).append(op)
+    return result
+
+
+#: sqlglot's statement classes; any other root is not SQL we understood.
+_STATEMENT_CLASSES = (
+    "Query", "Insert", "Update", "Delete", "Merge", "Create", "Drop", "Alter", "AlterTable",
+    "TruncateTable", "Transaction", "Commit", "Rollback", "Set", "Copy", "Grant", "Use",
+    "Describe", "Analyze", "Show",
+)
+
+
+def _tablesAccessed(statement: Any, exp: Any) -> list[tuple[str, str]]:
+    targets: list[tuple[Any, str]] = []
+    alter = getattr(exp, "Alter", None) or getattr(exp, "AlterTable", None)
+    kinds = [(exp.Insert, "insert"), (exp.Update, "update"), (exp.Delete, "delete"),
+             (exp.Create, "create"), (exp.Drop, "drop")]
+    if alter is not None:
+        kinds.append((alter, "alter"))
+    for cls, op in kinds:
+        if isinstance(statement, cls):
+            target = statement.this
+            if isinstance(statement, exp.Drop) and statement.args.get("tables"):
+                target = statement.args["tables"][0]
+            table = target if isinstance(target, exp.Table) else (
+                target.find(exp.Table) if target is not None else None)
+            if table is not None:
+                targets.append((table, op))
+            break
+    ctes = {cte.alias_or_name for cte in statement.find_all(exp.CTE)}
+    out = [(t.name, op) for t, op in targets]
+    seen = {id(t) for t, _ in targets}
+    for table in statement.find_all(exp.Table):
+        if id(table) in seen or not table.name or table.name in ctes:
+            continue
+        seen.add(id(table))
+        out.append((table.name, "select"))
+    return out
+
+
+class PostgresProxyFactory:
+    """
+    Parses C{PostgresProxy} and makes one L{PostgresProxyFilter} per
+    connection.
+    """
+
+    def parseConfig(self, section: Any, context: Any) -> PostgresProxyConfig:
+        """
+        Validate a C{PostgresProxy} message; TLS termination and upstream
+        TLS are refused as not supported yet.
+        """
+        statPrefix = section.string("stat_prefix", required=True, nonEmpty=True) or ""
+        enable = section.boolean("enable_sql_parsing", True)
+        terminate = section.boolean("terminate_ssl", False)
+        if terminate:
+            section.error("true is not supported by pyenvoy yet (PostgreSQL TLS termination)",
+                          "terminate_ssl")
+        downstream = section.enum("downstream_ssl", ("DISABLE",), "DISABLE",
+                                  unsupported=("REQUIRE", "ALLOW"))
+        upstream = section.enum("upstream_ssl", ("DISABLE",), "DISABLE",
+                                unsupported=("REQUIRE",))
+        section.finish()
+        return PostgresProxyConfig(statPrefix, enable, terminate, downstream, upstream)
+
+    def createFilterFactory(self, config: PostgresProxyConfig, context: Any) -> Any:
+        """
+        Load the codec (and sqlglot, if SQL parsing is on) and create the
+        stats once.
+        """
+        import pyenvoy.filters.postgres_proxy.codec  # noqa: F401
+
+        parser = None
+        if config.enableSqlParsing:
+            import sqlglot  # noqa: F401
+
+            # sqlglot logs a warning for each statement it cannot fully
+            # parse; those are counted as statements_parse_error instead.
+            logging.getLogger("sqlglot").setLevel(logging.ERROR)
+            parser = parseSql
+        shared = _Shared(config, context.store, parser)
+        return lambda: PostgresProxyFilter(shared)
+
+
+factory = PostgresProxyFactory()

@@ -1,0 +1,339 @@
+"""
+postgres_proxy: config, Envoy's stats and SQL metadata from frames in
+memory, and psycopg through pyenvoy to a real PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from twisted.internet import threads
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from pyenvoy.config import ConfigErrors, parse
+from pyenvoy.filters.postgres_proxy import (
+    COUNTERS, METADATA_NAMESPACE, PostgresProxyConfig, factory)
+from pyenvoy.stats import Store
+from pyenvoy.testing import FilterHarness
+from tests.support.net import listenerPort, startServer, stat
+from tests.support.postgres import DATABASE, postgresProxyConfig, startPostgres
+from tests.test_mongo_proxy import Sink
+from tests.test_postgres_codec import backend as b, frontend as f, sslRequest, startup
+
+
+class FilterTests(SynchronousTestCase):
+    """
+    The filter over an in-memory connection.
+    """
+
+    def make(self, **kw: Any) -> FilterHarness:
+        self.store = Store()
+        self.sink = Sink()
+        harness = FilterHarness([])
+        makeFilter = factory.createFilterFactory(
+            PostgresProxyConfig("p", **kw), SimpleNamespace(store=self.store,
+                                                            reactor=harness.reactor))
+        self.filter = makeFilter()
+        return FilterHarness([self.filter, self.sink], reactor=harness.reactor)
+
+    def nonzero(self) -> dict[str, int]:
+        return {s.name[len("postgres.p."):]: s.value for s in self.store if s.value}
+
+    def serverSends(self, harness: FilterHarness, data: bytes) -> None:
+        harness.connection.write(data)
+        self.assertEqual(harness.written(), data)
+
+    def test_session(self) -> None:
+        """
+        A plaintext session: login, autocommit statements, a committed and
+        a rolled-back transaction, an error and a notice, counted as Envoy.
+        """
+        h = self.make()
+        sent = startup({"user": "u", "database": "db"})
+        h.receive(sent)
+        self.serverSends(h, b("R", b"\0\0\0\0") + b("S", b"a\0b\0") + b("Z", b"I"))
+        frames = [
+            (f("Q", b"CREATE TABLE t (a int)\0"), b("C", b"CREATE TABLE\0") + b("Z", b"I")),
+            (f("Q", b"INSERT INTO t VALUES (1)\0"), b("C", b"INSERT 0 1\0") + b("Z", b"I")),
+            (f("Q", b"BEGIN\0"), b("C", b"BEGIN\0") + b("Z", b"T")),
+            (f("Q", b"UPDATE t SET a = 2\0"), b("C", b"UPDATE 1\0") + b("Z", b"T")),
+            (f("Q", b"COMMIT\0"), b("C", b"COMMIT\0") + b("Z", b"I")),
+            (f("Q", b"BEGIN\0"), b("C", b"BEGIN\0") + b("Z", b"T")),
+            (f("Q", b"DELETE FROM t\0"), b("C", b"DELETE 1\0") + b("Z", b"T")),
+            (f("Q", b"ROLLBACK\0"), b("C", b"ROLLBACK\0") + b("Z", b"I")),
+            (f("Q", b"SELEKT\0"),
+             b("E", b"SERROR\0VERROR\0C42601\0Msyntax error\0\0") + b("Z", b"I")),
+            (f("Q", b"SELECT * FROM t\0"),
+             b("N", b"SWARNING\0VWARNING\0Mhm\0\0") + b("T", b"\0\x01a\0" + b"\0" * 18)
+             + b("D", b"\0\x01\0\0\0\x011") + b("C", b"SELECT 1\0") + b("Z", b"I")),
+        ]
+        for request, reply in frames:
+            h.receive(request)
+            sent += request
+            self.serverSends(h, reply)
+        h.receive(f("X", b""))
+        sent += f("X", b"")
+        self.assertEqual(self.sink.received, sent)
+        self.assertEqual(self.nonzero(), {
+            "sessions": 1, "sessions_unencrypted": 1,
+            "statements": 9, "statements_other": 5, "statements_insert": 1,
+            "statements_update": 1, "statements_delete": 1, "statements_select": 1,
+            "transactions": 5, "transactions_commit": 4, "transactions_rollback": 1,
+            "errors": 1, "errors_error": 1, "notices": 1, "notices_warning": 1,
+            "statements_parsed": 9, "statements_parse_error": 1,
+            "messages": 38, "messages_frontend": 12, "messages_backend": 26,
+        })
+        self.assertEqual(h.connection.streamInfo.dynamicMetadata[METADATA_NAMESPACE],
+                         {"t.db": ["select"]})
+
+    def test_metadataDatabaseDefaultsToUser(self) -> None:
+        """
+        Without a C{database} startup parameter the metadata key uses the
+        user name, as PostgreSQL and Envoy do.
+        """
+        h = self.make()
+        h.receive(startup({"user": "alice"}) + f("P", b"s1\0INSERT INTO t SELECT * FROM u\0\0\0"))
+        self.assertEqual(h.connection.streamInfo.dynamicMetadata[METADATA_NAMESPACE],
+                         {"t.alice": ["insert"], "u.alice": ["select"]})
+
+    def test_noSqlParsing(self) -> None:
+        """
+        C{enable_sql_parsing: false}: no metadata, no parse stats.
+        """
+        h = self.make(enableSqlParsing=False)
+        h.receive(startup({"user": "u"}) + f("Q", b"SELECT 1\0"))
+        self.assertEqual(h.connection.streamInfo.dynamicMetadata, {})
+        self.assertEqual(self.nonzero(), {"messages": 2, "messages_frontend": 2})
+
+    def test_sslRequest(self) -> None:
+        """
+        An SSLRequest passes through; the session counts as encrypted and
+        nothing after it is decoded.
+        """
+        h = self.make()
+        h.receive(sslRequest())
+        self.serverSends(h, b"S" + b"\x16\x03\x01garbage")
+        h.receive(b"\x16\x03\x01" + b"x" * 100)
+        self.assertEqual(self.sink.received, sslRequest() + b"\x16\x03\x01" + b"x" * 100)
+        self.assertEqual(self.nonzero(), {"sessions": 1, "sessions_encrypted": 1,
+                                          "messages": 1, "messages_frontend": 1})
+
+    def test_malformed(self) -> None:
+        """
+        A malformed message is counted once and inspection stops; bytes
+        still flow.
+        """
+        h = self.make()
+        h.receive(startup({"user": "u"}))
+        bad = b"Q\x00\x00\x00\x02" + f("Q", b"SELECT 1\0")
+        h.receive(bad)
+        self.serverSends(h, b("C", b"SELECT 1\0"))
+        self.assertTrue(self.sink.received.endswith(bad))
+        self.assertEqual(self.nonzero(), {"messages": 1, "messages_frontend": 1,
+                                          "decoding_error": 1})
+
+    def test_unknownMessages(self) -> None:
+        """
+        Unknown types count in C{messages_unknown} and in C{messages}
+        twice, as Envoy counts them.
+        """
+        h = self.make()
+        h.receive(startup({"user": "u"}) + f("y", b"abc"))
+        self.serverSends(h, b("y", b""))
+        self.assertEqual(self.nonzero(), {"messages": 5, "messages_frontend": 2,
+                                          "messages_backend": 1, "messages_unknown": 2})
+
+    def test_terminateInTransaction(self) -> None:
+        """
+        Terminate inside an explicit transaction is a rollback.
+        """
+        h = self.make(enableSqlParsing=False)
+        h.receive(startup({"user": "u"}) + f("Q", b"BEGIN\0"))
+        self.serverSends(h, b("C", b"BEGIN\0"))
+        h.receive(f("X", b""))
+        self.assertEqual(self.nonzero()["transactions_rollback"], 1)
+
+
+def config(typed: dict) -> dict:
+    """
+    A bootstrap with one postgres_proxy C{typed} config then tcp_proxy.
+    """
+    raw = postgresProxyConfig(1, "p")
+    raw["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"].update(typed)
+    return raw
+
+
+class ConfigTests(SynchronousTestCase):
+    """
+    The C{PostgresProxy} message.
+    """
+
+    def test_defaults(self) -> None:
+        """
+        Only C{stat_prefix} is needed; SQL parsing is on by default.
+        """
+        chain = parse(config({})).listeners[0].filterChains[0]
+        self.assertEqual(chain.filters[0].config, PostgresProxyConfig("p"))
+
+    def test_tlsNotYet(self) -> None:
+        """
+        C{terminate_ssl: true} and C{upstream_ssl: REQUIRE} are refused as
+        not supported yet; their defaults are accepted.
+        """
+        parse(config({"terminate_ssl": False, "upstream_ssl": "DISABLE",
+                      "downstream_ssl": "DISABLE", "enable_sql_parsing": False}))
+        for typed in ({"terminate_ssl": True}, {"upstream_ssl": "REQUIRE"},
+                      {"downstream_ssl": "REQUIRE"}):
+            e = self.assertRaises(ConfigErrors, parse, config(typed))
+            self.assertIn("not supported by pyenvoy yet", str(e.errors[0].message))
+
+    def test_required(self) -> None:
+        """
+        C{stat_prefix} is required and unknown fields are refused.
+        """
+        raw = config({"bogus": 1})
+        del raw["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+            "typed_config"]["stat_prefix"]
+        e = self.assertRaises(ConfigErrors, parse, raw)
+        messages = " ".join(error.message for error in e.errors)
+        self.assertIn("stat_prefix", messages)
+        self.assertIn("bogus", messages)
+
+
+def _session(port: int, sslmode: str) -> list[Any]:
+    """
+    Run the reference session with psycopg (blocking; in a thread).
+    """
+    import psycopg
+
+    out: list[Any] = []
+    with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname=DATABASE,
+                         sslmode=sslmode, gssencmode="disable", autocommit=True,
+                         connect_timeout=10) as conn:
+        out.append(conn.pgconn.ssl_in_use)
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, name text)")
+        conn.execute("INSERT INTO items VALUES (1, 'a'), (2, 'b')")
+        conn.execute("UPDATE items SET name = 'c' WHERE id = 2")
+        with conn.transaction():
+            conn.execute("INSERT INTO items VALUES (3, 'd')")
+            conn.execute("DELETE FROM items WHERE id = 1")
+        try:
+            with conn.transaction():
+                conn.execute("INSERT INTO items VALUES (4, 'e')")
+                raise ValueError("roll back")
+        except ValueError:
+            pass
+        try:
+            conn.execute("SELECT * FROM no_such_table")
+        except psycopg.errors.UndefinedTable:
+            out.append("error")
+        out.append(conn.execute("SELECT id, name FROM items ORDER BY id").fetchall())
+    return out
+
+
+class IntegrationTests(TestCase):
+    """
+    psycopg 3 through pyenvoy (postgres_proxy + tcp_proxy) to a real
+    PostgreSQL 15 with TLS on.
+    """
+
+    timeout = 120
+
+    def counters(self, server: Any) -> dict[str, int]:
+        values = {name: stat(server, f"postgres.pg.{name}") for name in COUNTERS}
+        return {k: v for k, v in values.items() if v}
+
+    async def test_plaintext(self) -> None:
+        """
+        C{sslmode=disable}: the session is decoded and counted exactly.
+        """
+        pgPort = await startPostgres(self)
+        server = startServer(self, postgresProxyConfig(pgPort, "pg"))
+        result = await threads.deferToThread(_session, listenerPort(server), "disable")
+        self.assertEqual(result, [False, "error", [(2, "c"), (3, "d")]])
+        counters = self.counters(server)
+        messages = {k: counters.pop(k) for k in list(counters) if k.startswith("messages")}
+        self.assertEqual(counters, {
+            "sessions": 1, "sessions_unencrypted": 1,
+            # CREATE, INSERT, UPDATE, BEGIN, INSERT, DELETE, COMMIT, BEGIN,
+            # INSERT, ROLLBACK, SELECT
+            "statements": 11, "statements_other": 5, "statements_insert": 3,
+            "statements_update": 1, "statements_delete": 1, "statements_select": 1,
+            # CREATE, INSERT, UPDATE, SELECT autocommit + 2 explicit
+            "transactions": 6, "transactions_commit": 5, "transactions_rollback": 1,
+            "errors": 1, "errors_error": 1,
+            "statements_parsed": 12,
+        })
+        self.assertEqual(messages["messages"],
+                         messages["messages_frontend"] + messages["messages_backend"])
+        self.assertNotIn("messages_unknown", messages)
+
+    async def test_sslPrefer(self) -> None:
+        """
+        C{sslmode=prefer}: the SSLRequest passes, PostgreSQL answers C{S},
+        TLS runs end to end through pyenvoy, and the session counts as
+        encrypted and is not decoded.
+        """
+        pgPort = await startPostgres(self)
+        server = startServer(self, postgresProxyConfig(pgPort, "pg"))
+        result = await threads.deferToThread(_session, listenerPort(server), "prefer")
+        self.assertEqual(result, [True, "error", [(2, "c"), (3, "d")]])
+        self.assertEqual(self.counters(server), {
+            "sessions": 1, "sessions_encrypted": 1, "messages": 1, "messages_frontend": 1})
+
+
+class TwistdTests(TestCase):
+    """
+    The shipped C{etc/postgres_proxy.yaml} run by C{twistd}, driven by
+    C{psql}.
+    """
+
+    timeout = 120
+
+    async def test_psql(self) -> None:
+        """
+        psql's statements through C{twistd pyenvoy} show up in the admin
+        C{/stats} with Envoy's names.
+        """
+        import os
+        import subprocess
+
+        import yaml
+
+        from tests.support.postgres import pgbin
+        from tests.support.twistd import startTwistd
+
+        pgPort = await startPostgres(self)
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(here, "etc", "postgres_proxy.yaml")) as f:
+            raw = yaml.safe_load(f)
+        raw["admin"]["address"]["socket_address"]["port_value"] = 0
+        static = raw["static_resources"]
+        static["listeners"][0]["address"]["socket_address"]["port_value"] = 0
+        static["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0][
+            "endpoint"]["address"]["socket_address"]["port_value"] = pgPort
+        twistd = await threads.deferToThread(startTwistd, self, raw)
+        port = twistd.listenerPorts["postgres"]
+        sql = ("CREATE TABLE t (a int); INSERT INTO t VALUES (1), (2); "
+               "BEGIN; UPDATE t SET a = 3; COMMIT; SELECT count(*) FROM t;")
+        done = await threads.deferToThread(
+            subprocess.run,
+            [os.path.join(pgbin(self), "psql"), "-X", "-q", "-A", "-t", "-c", sql,
+             f"host=127.0.0.1 port={port} user=postgres dbname={DATABASE} "
+             "sslmode=disable gssencmode=disable"],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        self.assertEqual((done.returncode, done.stdout.strip()), (0, b"2"), done.stderr)
+        status, body = await threads.deferToThread(twistd.request, "GET", "/stats")
+        stats = dict(line.split(": ", 1) for line in body.splitlines()
+                     if line.startswith("postgres.pg."))
+        # One Query with six statements: CREATE, INSERT, BEGIN, UPDATE,
+        # COMMIT, SELECT.
+        self.assertEqual({k: stats.get(f"postgres.pg.{k}") for k in (
+            "sessions_unencrypted", "statements", "statements_insert", "statements_update",
+            "statements_select", "statements_other", "transactions", "transactions_commit",
+            "statements_parsed")}, {
+            "sessions_unencrypted": "1", "statements": "6", "statements_insert": "1",
+            "statements_update": "1", "statements_select": "1", "statements_other": "3",
+            "transactions": "4", "transactions_commit": "4", "statements_parsed": "1"})
