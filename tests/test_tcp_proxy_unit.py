@@ -175,3 +175,28 @@ class AccessLogTests(SynchronousTestCase):
         proxy.harness.receive(b"early")
         proxy.connectUpstream()
         self.assertEqual(proxy.upstreamTransport.value(), b"early")
+
+
+class FlowControlUnitTests(SynchronousTestCase):
+    """
+    Twisted's producer calls are not nested; pyenvoy's pause counting must
+    not make them so.
+    """
+
+    def test_repeatedPauseThenOneResumeReadsAgain(self) -> None:
+        """
+        Twisted pauses a producer on every write above the buffer limit but
+        resumes it once: two pauses and one resume leave the client being
+        read again, counted as one pause and one resume.
+        """
+        proxy = ProxyOnClock(tcpProxyConfig([9]))
+        proxy.connectUpstream()
+        producer = proxy.upstreamTransport.producer
+        producer.pauseProducing()
+        producer.pauseProducing()
+        self.assertEqual(proxy.harness.transport.producerState, "paused")
+        producer.resumeProducing()
+        self.assertEqual(proxy.harness.transport.producerState, "producing")
+        self.assertEqual(proxy.stat("tcp.test.downstream_flow_control_paused_reading_total"), 1)
+        self.assertEqual(
+            proxy.stat("tcp.test.downstream_flow_control_resumed_reading_total"), 1)

@@ -98,18 +98,27 @@ class _DownstreamPauser:
     """
     Registered on the upstream transport: pauses reading from the client
     while the upstream cannot take more, counting it as Envoy does.
+
+    Twisted may call C{pauseProducing} again while already paused (every
+    write above the buffer limit does) and resumes once, so this keeps its
+    own state: one pause, one resume, whatever the calls.
     """
 
     def __init__(self, proxy: "TcpProxyFilter") -> None:
         self.proxy = proxy
+        self.paused = False
 
     def pauseProducing(self) -> None:
-        self.proxy.shared.downstream_flow_control_paused_reading_total.value += 1
-        self.proxy.connection.readDisable(True)
+        if not self.paused:
+            self.paused = True
+            self.proxy.shared.downstream_flow_control_paused_reading_total.value += 1
+            self.proxy.connection.readDisable(True)
 
     def resumeProducing(self) -> None:
-        self.proxy.shared.downstream_flow_control_resumed_reading_total.value += 1
-        self.proxy.connection.readDisable(False)
+        if self.paused:
+            self.paused = False
+            self.proxy.shared.downstream_flow_control_resumed_reading_total.value += 1
+            self.proxy.connection.readDisable(False)
 
     def stopProducing(self) -> None:
         pass
@@ -119,17 +128,22 @@ class _DownstreamPauser:
 class _UpstreamPauser:
     """
     Registered on the downstream transport: pauses reading from the
-    upstream while the client is not reading.
+    upstream while the client is not reading (once per pause, as above).
     """
 
     def __init__(self, upstream: UpstreamConnection) -> None:
         self.upstream = upstream
+        self.paused = False
 
     def pauseProducing(self) -> None:
-        self.upstream.pauseReading()
+        if not self.paused:
+            self.paused = True
+            self.upstream.pauseReading()
 
     def resumeProducing(self) -> None:
-        self.upstream.resumeReading()
+        if self.paused:
+            self.paused = False
+            self.upstream.resumeReading()
 
     def stopProducing(self) -> None:
         pass
