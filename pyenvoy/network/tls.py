@@ -374,9 +374,10 @@ def _cipherKnown(name: str) -> bool:
     return True
 
 
-def parseTransportSocket(section: Section) -> DownstreamTlsConfig | None:
+def _tlsTypedConfig(section: Section, contextType: str, owner: str) -> Section | None:
     """
-    Read a filter chain's C{transport_socket}; C{None} for plaintext
+    Read a C{transport_socket} mapping and return the C{typed_config} of
+    a TLS one, checked to be C{contextType}; C{None} for plaintext
     (C{envoy.transport_sockets.raw_buffer}) or when it has errors (they
     are recorded in C{section}'s problems).
     """
@@ -396,11 +397,18 @@ def parseTransportSocket(section: Section) -> DownstreamTlsConfig | None:
         section.error("missing required field 'typed_config'")
         return None
     typeURL = typed.string("@type", required=True)
-    if typeURL is not None and typeURL != DOWNSTREAM_TLS_CONTEXT:
-        typed.error(f"a listener's transport socket needs {DOWNSTREAM_TLS_CONTEXT}, "
-                    f"got {typeURL!r}", "@type")
+    if typeURL is not None and typeURL != contextType:
+        typed.error(f"{owner} transport socket needs {contextType}, got {typeURL!r}", "@type")
         return None
-    return parseDownstreamTlsContext(typed)
+    return typed
+
+
+def parseTransportSocket(section: Section) -> DownstreamTlsConfig | None:
+    """
+    Read a filter chain's C{transport_socket} (see L{_tlsTypedConfig}).
+    """
+    typed = _tlsTypedConfig(section, DOWNSTREAM_TLS_CONTEXT, "a listener's")
+    return None if typed is None else parseDownstreamTlsContext(typed)
 
 
 def parseDownstreamTlsContext(section: Section) -> DownstreamTlsConfig | None:
@@ -982,31 +990,10 @@ class UpstreamTlsConfig:
 
 def parseUpstreamTransportSocket(section: Section) -> UpstreamTlsConfig | None:
     """
-    Read a cluster's C{transport_socket}; C{None} for plaintext
-    (C{envoy.transport_sockets.raw_buffer}) or when it has errors (they
-    are recorded in C{section}'s problems).
+    Read a cluster's C{transport_socket} (see L{_tlsTypedConfig}).
     """
-    name = section.string("name", required=True)
-    typed = section.section("typed_config")
-    section.finish()
-    if name == RAW_BUFFER_TRANSPORT_SOCKET:
-        if typed is not None:
-            typed.ignore("@type")
-        return None
-    if name != TLS_TRANSPORT_SOCKET:
-        if name is not None:
-            section.error(f"unknown transport socket {name!r}; known: "
-                          f"{TLS_TRANSPORT_SOCKET}, {RAW_BUFFER_TRANSPORT_SOCKET}", "name")
-        return None
-    if typed is None:
-        section.error("missing required field 'typed_config'")
-        return None
-    typeURL = typed.string("@type", required=True)
-    if typeURL is not None and typeURL != UPSTREAM_TLS_CONTEXT:
-        typed.error(f"a cluster's transport socket needs {UPSTREAM_TLS_CONTEXT}, "
-                    f"got {typeURL!r}", "@type")
-        return None
-    return parseUpstreamTlsContext(typed)
+    typed = _tlsTypedConfig(section, UPSTREAM_TLS_CONTEXT, "a cluster's")
+    return None if typed is None else parseUpstreamTlsContext(typed)
 
 
 def parseUpstreamTlsContext(section: Section) -> UpstreamTlsConfig | None:
