@@ -179,13 +179,13 @@ class ConfigTests(SynchronousTestCase):
 
     def test_tlsNotYet(self) -> None:
         """
-        C{terminate_ssl: true} and C{upstream_ssl: REQUIRE} are refused as
-        not supported yet; their defaults are accepted.
+        C{downstream_ssl} other than C{DISABLE} is refused as not supported
+        yet; C{terminate_ssl} and C{upstream_ssl: REQUIRE} are accepted.
         """
         parse(config({"terminate_ssl": False, "upstream_ssl": "DISABLE",
                       "downstream_ssl": "DISABLE", "enable_sql_parsing": False}))
-        for typed in ({"terminate_ssl": True}, {"upstream_ssl": "REQUIRE"},
-                      {"downstream_ssl": "REQUIRE"}):
+        parse(config({"terminate_ssl": True, "upstream_ssl": "REQUIRE"}))
+        for typed in ({"downstream_ssl": "REQUIRE"}, {"downstream_ssl": "ALLOW"}):
             e = self.assertRaises(ConfigErrors, parse, config(typed))
             self.assertIn("not supported by pyenvoy yet", str(e.errors[0].message))
 
@@ -282,6 +282,178 @@ class IntegrationTests(TestCase):
         self.assertEqual(result, [True, "error", [(2, "c"), (3, "d")]])
         self.assertEqual(self.counters(server), {
             "sessions": 1, "sessions_encrypted": 1, "messages": 1, "messages_frontend": 1})
+
+
+STARTTLS_CONFIG = ("type.googleapis.com/envoy.extensions.transport_sockets.starttls.v3."
+                   "StartTlsConfig")
+
+
+def startTlsConfig(port: int, **options: object) -> dict:
+    """
+    L{postgresProxyConfig} with C{terminate_ssl} and the filter chain's
+    transport socket C{envoy.transport_sockets.starttls} (a test CA's
+    certificate for C{localhost}).
+    """
+    from tests.support.certs import issue, makeCA
+
+    server = issue(makeCA(), "localhost", dns=("localhost",))
+    raw = postgresProxyConfig(port, "pg", terminate_ssl=True, **options)
+    raw["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] = {
+        "name": "envoy.transport_sockets.starttls",
+        "typed_config": {
+            "@type": STARTTLS_CONFIG,
+            "cleartext_socket_config": {},
+            "tls_socket_config": {"common_tls_context": {"tls_certificates": [{
+                "certificate_chain": {"inline_string": server.certPem.decode()},
+                "private_key": {"inline_string": server.keyPem.decode()}}]}},
+        }}
+    return raw
+
+
+UPSTREAM_STARTTLS_CONFIG = ("type.googleapis.com/envoy.extensions.transport_sockets."
+                            "starttls.v3.UpstreamStartTlsConfig")
+
+
+def upstreamStartTls(raw: dict) -> dict:
+    """
+    Give C{raw}'s cluster a starttls transport socket (TLS without
+    verification, as PostgreSQL's certificate is self-signed).
+    """
+    raw["static_resources"]["clusters"][0]["transport_socket"] = {
+        "name": "envoy.transport_sockets.starttls",
+        "typed_config": {"@type": UPSTREAM_STARTTLS_CONFIG, "cleartext_socket_config": {},
+                         "tls_socket_config": {}}}
+    return raw
+
+
+def _serverSsl(port: int, sslmode: str = "require") -> list[Any]:
+    """
+    Connect with C{sslmode}; whether the client and the server see TLS
+    (blocking; in a thread).
+    """
+    import psycopg
+
+    with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname=DATABASE,
+                         sslmode=sslmode, gssencmode="disable", autocommit=True,
+                         connect_timeout=10) as conn:
+        serverSsl = conn.execute(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone()[0]
+        return [conn.pgconn.ssl_in_use, serverSsl]
+
+
+class TerminateSslTests(TestCase):
+    """
+    C{terminate_ssl} with a starttls transport socket: psycopg's TLS ends
+    at pyenvoy, which decodes the cleartext session.
+    """
+
+    timeout = 120
+
+    def counters(self, server: Any) -> dict[str, int]:
+        values = {name: stat(server, f"postgres.pg.{name}") for name in COUNTERS}
+        return {k: v for k, v in values.items() if v}
+
+    async def test_terminateSsl(self) -> None:
+        """
+        C{sslmode=require}: pyenvoy answers the SSLRequest and does the
+        handshake; PostgreSQL sees a plaintext session, which is decoded
+        and counted as with C{sslmode=disable}.
+        """
+        pgPort = await startPostgres(self)
+        server = startServer(self, startTlsConfig(pgPort))
+        port = listenerPort(server)
+        result = await threads.deferToThread(_session, port, "require")
+        self.assertEqual(result, [True, "error", [(2, "c"), (3, "d")]])
+        counters = self.counters(server)
+        for name in ("messages", "messages_frontend", "messages_backend"):
+            counters.pop(name)
+        self.assertEqual(counters, {
+            "sessions": 1, "sessions_unencrypted": 1, "sessions_terminated_ssl": 1,
+            "statements": 11, "statements_other": 5, "statements_insert": 3,
+            "statements_update": 1, "statements_delete": 1, "statements_select": 1,
+            "transactions": 6, "transactions_commit": 5, "transactions_rollback": 1,
+            "errors": 1, "errors_error": 1,
+            "statements_parsed": 12,
+        })
+        self.assertEqual(await threads.deferToThread(_serverSsl, port), [True, False])
+        self.assertEqual(stat(server, "postgres.pg.sessions_terminated_ssl"), 2)
+
+    async def test_plaintextClient(self) -> None:
+        """
+        A client that does not ask for TLS is proxied in cleartext as usual.
+        """
+        pgPort = await startPostgres(self)
+        server = startServer(self, startTlsConfig(pgPort))
+        result = await threads.deferToThread(_session, listenerPort(server), "disable")
+        self.assertEqual(result, [False, "error", [(2, "c"), (3, "d")]])
+        self.assertEqual(stat(server, "postgres.pg.sessions_terminated_ssl"), 0)
+        self.assertEqual(stat(server, "postgres.pg.statements"), 11)
+
+    async def test_noStartTlsSocket(self) -> None:
+        """
+        C{terminate_ssl} on a chain without a starttls transport socket: the
+        SSLRequest is answered and the connection closed, so the client
+        fails.
+        """
+        import psycopg
+
+        pgPort = await startPostgres(self)
+        server = startServer(self, postgresProxyConfig(pgPort, "pg", terminate_ssl=True))
+        with self.assertRaises(psycopg.OperationalError):
+            await threads.deferToThread(_serverSsl, listenerPort(server))
+        self.assertEqual(stat(server, "postgres.pg.sessions_terminated_ssl"), 0)
+
+
+class UpstreamSslTests(TestCase):
+    """
+    C{upstream_ssl: REQUIRE} with a starttls cluster: pyenvoy asks
+    PostgreSQL for TLS before replaying the client's startup.
+    """
+
+    timeout = 120
+
+    async def test_bothSides(self) -> None:
+        """
+        With C{terminate_ssl} too, both legs are TLS and the session is
+        still decoded.
+        """
+        pgPort = await startPostgres(self)
+        server = startServer(self, upstreamStartTls(startTlsConfig(pgPort,
+                                                                   upstream_ssl="REQUIRE")))
+        port = listenerPort(server)
+        result = await threads.deferToThread(_session, port, "require")
+        self.assertEqual(result, [True, "error", [(2, "c"), (3, "d")]])
+        self.assertEqual(await threads.deferToThread(_serverSsl, port), [True, True])
+        self.assertEqual(stat(server, "postgres.pg.sessions_terminated_ssl"), 2)
+        self.assertEqual(stat(server, "postgres.pg.sessions_upstream_ssl_success"), 2)
+        self.assertEqual(stat(server, "postgres.pg.statements"), 12)
+        self.assertEqual(stat(server, "postgres.pg.statements_insert"), 3)
+        self.assertEqual(stat(server, "postgres.pg.sessions_upstream_ssl_failed"), 0)
+
+    async def test_plaintextClient(self) -> None:
+        """
+        Without C{terminate_ssl}, a cleartext client still gets a TLS
+        session to the server.
+        """
+        pgPort = await startPostgres(self)
+        raw = upstreamStartTls(postgresProxyConfig(pgPort, "pg", upstream_ssl="REQUIRE"))
+        server = startServer(self, raw)
+        result = await threads.deferToThread(_serverSsl, listenerPort(server), "disable")
+        self.assertEqual(result, [False, True])
+        self.assertEqual(stat(server, "postgres.pg.sessions_upstream_ssl_success"), 1)
+
+    async def test_noStartTlsCluster(self) -> None:
+        """
+        A cluster without a starttls transport socket cannot switch: the
+        connection is closed and C{sessions_upstream_ssl_failed} counted.
+        """
+        import psycopg
+
+        pgPort = await startPostgres(self)
+        server = startServer(self, postgresProxyConfig(pgPort, "pg", upstream_ssl="REQUIRE"))
+        with self.assertRaises(psycopg.OperationalError):
+            await threads.deferToThread(_serverSsl, listenerPort(server), "disable")
+        self.assertEqual(stat(server, "postgres.pg.sessions_upstream_ssl_failed"), 1)
 
 
 class TwistdTests(TestCase):

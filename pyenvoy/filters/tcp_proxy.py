@@ -160,6 +160,8 @@ class TcpProxyFilter:
         self.config = shared.config
         self.reactor = shared.reactor
         self.upstream: UpstreamConnection | None = None
+        #: Gives up flushing to the upstream after the client closed.
+        self._drainTimer: Any = None
         self.attempts = 0
         self.downstreamClosed = False
         self._idleTimer: Any = None
@@ -237,6 +239,14 @@ class TcpProxyFilter:
             details = "no_healthy_upstream"
         self.connection.close(CloseType.NO_FLUSH, details)
 
+    def startUpstreamSecureTransport(self) -> bool:
+        """
+        Switch the connected upstream to TLS (its cluster's transport
+        socket must be C{envoy.transport_sockets.starttls}).
+        """
+        upstream = self.upstream
+        return upstream is not None and upstream.connected and upstream.startSecureTransport()
+
     def upstreamConnected(self, upstream: UpstreamConnection) -> None:
         """
         Wire flow control both ways and let the client's bytes flow.
@@ -294,6 +304,9 @@ class TcpProxyFilter:
         upstream = self.upstream
         if upstream is not None and upstream.flushing:
             self.shared.upstream_flush_active.value -= 1
+        timer, self._drainTimer = self._drainTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
         self.upstream = None
         if self.downstreamClosed:
             return
@@ -316,7 +329,8 @@ class TcpProxyFilter:
                     upstream.flushing = True
                     if self.config.idleTimeout:
                         # As Envoy's drainer: give up flushing after the idle timeout.
-                        self.reactor.callLater(self.config.idleTimeout, upstream.close, False)
+                        self._drainTimer = self.reactor.callLater(
+                            self.config.idleTimeout, upstream.close, False)
                 upstream.close(flush=True)
             else:
                 upstream.close(flush=False)

@@ -80,6 +80,9 @@ class Connection(Protocol):
         #: The L{pyenvoy.network.tls.TlsSession} when the chain terminates TLS.
         self._tls: Any = None
         self._tlsWaiters: list[Callable[[], None]] = []
+        #: The chain's L{pyenvoy.network.tls.ServerTls} while a starttls
+        #: transport socket has not been switched to TLS yet.
+        self._startTlsServer: Any = None
 
     # -- Twisted protocol -------------------------------------------------
 
@@ -124,6 +127,11 @@ class Connection(Protocol):
                 return
         encrypted = b""
         tls = getattr(chain, "tls", None)
+        if tls is not None and getattr(chain, "startTls", False):
+            # envoy.transport_sockets.starttls: cleartext until a filter
+            # calls startSecureTransport().
+            self._startTlsServer = tls
+            tls = None
         if tls is not None:
             # TLS goes under the filters before they exist, so that they only
             # ever see (and write) plaintext; peeked bytes are ciphertext.
@@ -159,6 +167,24 @@ class Connection(Protocol):
         transport.startTLS(self._tls)
         self._send = transport.write
         self._endWrite = lambda: shutdownWrite(transport)  # type: ignore[method-assign]
+
+    def startSecureTransport(self) -> bool:
+        """
+        Envoy's C{startSecureTransport()}: on a chain whose transport socket
+        is C{envoy.transport_sockets.starttls}, switch this cleartext
+        connection to TLS (the server side of the handshake).  What was
+        written before goes out in cleartext first; what is read and
+        written after is TLS.
+
+        @return: C{False} when the chain has no starttls socket or TLS is
+            already on.
+        """
+        server = self._startTlsServer
+        if server is None or self._tls is not None or not self.open:
+            return False
+        self._startTlsServer = None
+        self._startTls(server)
+        return True
 
     def handshakeCompleted(self) -> None:
         """

@@ -48,6 +48,18 @@ class _ReadEntry:
         """
         self.manager._continueFrom(self.index)
 
+    def startUpstreamSecureTransport(self) -> bool:
+        """
+        Envoy's C{startUpstreamSecureTransport()}: ask the filter that owns
+        the upstream connection (tcp_proxy) to switch it to TLS; C{False}
+        when no filter can.
+        """
+        for f in self.manager.filters:
+            start = getattr(f, "startUpstreamSecureTransport", None)
+            if f is not self.filter and start is not None:
+                return bool(start())
+        return False
+
     def injectReadData(self, data: bytes, endStream: bool) -> None:
         """
         See L{IReadFilterCallbacks.injectReadData}.  A stopped filter that

@@ -41,6 +41,9 @@ class FilterChain:
         self.name = config.name
         #: L{pyenvoy.network.tls.ServerTls} when the chain terminates TLS.
         self.tls: Any = None
+        #: The transport socket is C{envoy.transport_sockets.starttls}: the
+        #: connection starts in cleartext and a filter switches it to TLS.
+        self.startTls = bool(getattr(config.tls, "startTls", False))
         if config.tls is not None:
             from pyenvoy.network.tls import ServerTls
             self.tls = ServerTls(

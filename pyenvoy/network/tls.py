@@ -20,7 +20,7 @@ import copy
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography import x509
@@ -40,6 +40,13 @@ log = Logger()
 
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 RAW_BUFFER_TRANSPORT_SOCKET = "envoy.transport_sockets.raw_buffer"
+STARTTLS_TRANSPORT_SOCKET = "envoy.transport_sockets.starttls"
+STARTTLS_CONFIG = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.starttls.v3.StartTlsConfig")
+UPSTREAM_STARTTLS_CONFIG = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.starttls.v3.UpstreamStartTlsConfig")
+RAW_BUFFER_CONFIG = (
+    "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer")
 DOWNSTREAM_TLS_CONTEXT = (
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext")
 
@@ -166,6 +173,9 @@ class DownstreamTlsConfig:
     watchedFiles: tuple[str, ...] = ()
     #: The context's YAML (without C{@type}), to read it again on reload.
     source: Any = field(default=None, repr=False, compare=False)
+    #: C{envoy.transport_sockets.starttls}: the connection starts in
+    #: cleartext and a filter switches it to TLS (L{Connection.startSecureTransport}).
+    startTls: bool = False
 
     @property
     def clientCertificateRequired(self) -> bool:
@@ -407,8 +417,40 @@ def parseTransportSocket(section: Section) -> DownstreamTlsConfig | None:
     """
     Read a filter chain's C{transport_socket} (see L{_tlsTypedConfig}).
     """
+    if section.raw.get("name") == STARTTLS_TRANSPORT_SOCKET:
+        return _parseStartTls(section, STARTTLS_CONFIG, parseDownstreamTlsContext)
     typed = _tlsTypedConfig(section, DOWNSTREAM_TLS_CONTEXT, "a listener's")
     return None if typed is None else parseDownstreamTlsContext(typed)
+
+
+def _parseStartTls(section: Section, configType: str, parseContext: Any) -> Any:
+    """
+    Read a C{envoy.transport_sockets.starttls} C{StartTlsConfig} (or, for
+    a cluster, C{UpstreamStartTlsConfig}): cleartext
+    (C{cleartext_socket_config}, a C{RawBuffer}) until a filter asks for
+    TLS, then C{tls_socket_config} (read by C{parseContext}).
+    """
+    section.string("name", required=True)
+    typed = section.section("typed_config")
+    section.finish()
+    if typed is None:
+        section.error("missing required field 'typed_config'")
+        return None
+    typeURL = typed.string("@type", required=True)
+    if typeURL is not None and typeURL != configType:
+        typed.error(f"this starttls transport socket needs {configType}, "
+                    f"got {typeURL!r}", "@type")
+        return None
+    cleartext = typed.section("cleartext_socket_config")
+    if cleartext is not None:
+        cleartext.ignore("@type")
+        cleartext.finish()
+    tls = typed.section("tls_socket_config", required=True)
+    typed.finish()
+    if tls is None:
+        return None
+    config = parseContext(tls)
+    return None if config is None else replace(config, startTls=True)
 
 
 def parseDownstreamTlsContext(section: Section) -> DownstreamTlsConfig | None:
@@ -986,12 +1028,17 @@ class UpstreamTlsConfig:
     watchedFiles: tuple[str, ...] = ()
     #: The context's YAML (without C{@type}), to read it again on reload.
     source: Any = field(default=None, repr=False, compare=False)
+    #: C{envoy.transport_sockets.starttls}: connections start in cleartext
+    #: and a filter switches them to TLS.
+    startTls: bool = False
 
 
 def parseUpstreamTransportSocket(section: Section) -> UpstreamTlsConfig | None:
     """
     Read a cluster's C{transport_socket} (see L{_tlsTypedConfig}).
     """
+    if section.raw.get("name") == STARTTLS_TRANSPORT_SOCKET:
+        return _parseStartTls(section, UPSTREAM_STARTTLS_CONFIG, parseUpstreamTlsContext)
     typed = _tlsTypedConfig(section, UPSTREAM_TLS_CONTEXT, "a cluster's")
     return None if typed is None else parseUpstreamTlsContext(typed)
 

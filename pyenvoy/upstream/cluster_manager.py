@@ -113,7 +113,8 @@ class UpstreamConnection:
         event), else the connection is made.
         """
         tls = self.cluster.tls
-        if tls is None or self.closed:
+        if tls is None or self.closed or self.cluster.config.tls.startTls:
+            # A starttls cluster starts in cleartext (startSecureTransport).
             self._made(protocol)
             return
         self._handshaking = protocol
@@ -203,6 +204,26 @@ class UpstreamConnection:
         self.handler.upstreamClosed(self.localClose)
 
     # -- what the filter calls -----------------------------------------------
+
+    def startSecureTransport(self) -> bool:
+        """
+        Envoy's C{startUpstreamSecureTransport()}: on a cluster whose
+        transport socket is C{envoy.transport_sockets.starttls}, switch
+        this connected cleartext connection to TLS (the client side of the
+        handshake; a failed handshake closes it).
+
+        @return: C{False} when the cluster has no starttls socket, TLS is
+            already on or the connection is not up.
+        """
+        tls = self.cluster.tls
+        if (tls is None or not self.cluster.config.tls.startTls or self.protocol is None
+                or self.closed or self.tlsSession is not None):
+            return False
+        self.tlsSession = tls.newSession(self)
+        transport = self.protocol.transport
+        transport.startTLS(self.tlsSession)
+        self._send = transport.write
+        return True
 
     def write(self, data: bytes) -> None:
         """

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from pyenvoy.interfaces import FilterStatus, IReadFilter, IWriteFilter
+from pyenvoy.interfaces import CloseType, FilterStatus, IReadFilter, IWriteFilter
 
 log = Logger()
 
@@ -43,6 +43,8 @@ _NOTICES = {"WARNING": "notices_warning", "NOTICE": "notices_notice",
 _STATEMENTS = {"SELECT": "statements_select", "INSERT": "statements_insert",
                "UPDATE": "statements_update", "DELETE": "statements_delete"}
 _ENCRYPTION_REQUESTS = ("SSLRequest", "GSSENCRequest", "CancelRequest")
+#: The SSLRequest sent to the server for upstream_ssl REQUIRE.
+SSL_REQUEST = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,15 @@ class PostgresProxyFilter:
         self.started = False
         self.inTransaction = False
         self.parameters: dict[str, str] = {}
+        #: terminate_ssl: the client's first bytes, held until its first
+        #: startup-phase message is whole (an SSLRequest is answered here
+        #: and never forwarded).
+        config = shared.config
+        self._early: bytearray | None = (
+            bytearray() if config.terminateSsl or config.upstreamSsl == "REQUIRE" else None)
+        #: upstream_ssl REQUIRE: the client's bytes from its StartupMessage
+        #: on, held while the server is asked for TLS.
+        self._replay: bytearray | None = None
 
     def initializeReadFilterCallbacks(self, callbacks: Any) -> None:
         self.readCallbacks = callbacks
@@ -113,6 +124,11 @@ class PostgresProxyFilter:
         """
         Decode what the client sent.
         """
+        if self._replay is not None:
+            self._replay += data
+            return FilterStatus.STOP_ITERATION
+        if self._early is not None:
+            return self._earlyData(data, endStream)
         if self.sniffing and data:
             for message in self.frontend.feed(data):
                 self._frontendMessage(message)
@@ -120,10 +136,90 @@ class PostgresProxyFilter:
                     break
         return FilterStatus.CONTINUE
 
+    def _earlyData(self, data: bytes, endStream: bool) -> FilterStatus:
+        """
+        terminate_ssl: hold the client's bytes until the first message is
+        whole.  An SSLRequest is answered C{S} by us and TLS started on the
+        connection (C{sessions_terminated_ssl}); anything else lets the
+        held bytes through as they came.
+        """
+        early = self._early
+        assert early is not None
+        early += data
+        release = endStream or not self.sniffing
+        if data and self.sniffing:
+            for message in self.frontend.feed(data):
+                name = getattr(message, "name", None)
+                if name == "SSLRequest" and self.shared.config.terminateSsl:
+                    del early[:message.length]
+                    if not self._terminateSsl():
+                        return FilterStatus.STOP_ITERATION
+                    continue
+                self._frontendMessage(message)
+                release = True
+                if name == "StartupMessage" and self.shared.config.upstreamSsl == "REQUIRE":
+                    # Envoy buffers the startup and asks the server for TLS.
+                    self._early = None
+                    self._replay = early
+                    self.readCallbacks.injectReadData(SSL_REQUEST, False)
+                    return FilterStatus.STOP_ITERATION
+                if not self.sniffing:
+                    break
+        if not release:
+            return FilterStatus.STOP_ITERATION
+        self._early = None
+        self.readCallbacks.injectReadData(bytes(early), endStream)
+        return FilterStatus.STOP_ITERATION
+
+    def _upstreamAnswer(self, data: bytes) -> None:
+        """
+        upstream_ssl REQUIRE: the server's answer to our SSLRequest.  C{S}
+        → TLS to the server, then the held startup is replayed
+        (C{sessions_upstream_ssl_success}); anything else closes the
+        connection (C{sessions_upstream_ssl_failed}).
+        """
+        replay, self._replay = self._replay, None
+        assert replay is not None
+        callbacks = self.readCallbacks
+        start = getattr(callbacks, "startUpstreamSecureTransport", None)
+        if data[:1] == b"S" and start is not None and start():
+            self.shared.inc("sessions_upstream_ssl_success")
+            callbacks.injectReadData(bytes(replay), False)
+            return
+        log.info("postgres_proxy: the server did not accept TLS (answer {answer!r}); closing",
+                 answer=data[:1])
+        self.shared.inc("sessions_upstream_ssl_failed")
+        self._stop()
+        self.connection.close(CloseType.NO_FLUSH, "postgres_proxy_upstream_ssl_failed")
+
+    def _terminateSsl(self) -> bool:
+        """
+        Answer an SSLRequest with C{S} and switch the connection to TLS
+        (Envoy's C{startSecureTransport()}); close it when the chain has
+        no C{envoy.transport_sockets.starttls} transport socket.
+        """
+        shared = self.shared
+        shared.inc("messages", "messages_frontend")
+        connection = self.connection
+        connection.write(b"S")
+        start = getattr(connection, "startSecureTransport", None)
+        if start is None or not start():
+            log.info("postgres_proxy: cannot terminate SSL: the filter chain's transport "
+                     "socket is not envoy.transport_sockets.starttls; closing")
+            self._stop()
+            connection.close(CloseType.NO_FLUSH, "postgres_proxy_ssl_termination_failed")
+            return False
+        shared.inc("sessions_terminated_ssl")
+        return True
+
     def onWrite(self, data: bytes, endStream: bool) -> FilterStatus:
         """
         Decode what the server sent (once the client's startup is seen).
         """
+        if self._replay is not None:
+            if data:
+                self._upstreamAnswer(data)
+            return FilterStatus.STOP_ITERATION
         if self.sniffing and self.started and data:
             for message in self.backend.feed(data):
                 self._backendMessage(message)
@@ -308,19 +404,15 @@ class PostgresProxyFactory:
 
     def parseConfig(self, section: Any, context: Any) -> PostgresProxyConfig:
         """
-        Validate a C{PostgresProxy} message; TLS termination and upstream
-        TLS are refused as not supported yet.
+        Validate a C{PostgresProxy} message; C{downstream_ssl} other than
+        C{DISABLE} is refused as not supported yet.
         """
         statPrefix = section.string("stat_prefix", required=True, nonEmpty=True) or ""
         enable = section.boolean("enable_sql_parsing", True)
         terminate = section.boolean("terminate_ssl", False)
-        if terminate:
-            section.error("true is not supported by pyenvoy yet (PostgreSQL TLS termination)",
-                          "terminate_ssl")
         downstream = section.enum("downstream_ssl", ("DISABLE",), "DISABLE",
                                   unsupported=("REQUIRE", "ALLOW"))
-        upstream = section.enum("upstream_ssl", ("DISABLE",), "DISABLE",
-                                unsupported=("REQUIRE",))
+        upstream = section.enum("upstream_ssl", ("DISABLE", "REQUIRE"), "DISABLE")
         section.finish()
         return PostgresProxyConfig(statPrefix, enable, terminate, downstream, upstream)
 
