@@ -28,6 +28,7 @@ from zope.interface import implementer
 from pyenvoy.config.bootstrap import ParseContext
 from pyenvoy.config.reader import Section
 from pyenvoy.interfaces import CloseType, FilterStatus, IReadFilter
+from pyenvoy.network.chain_match import parseCidrRanges
 from pyenvoy.stream_info import ResponseFlag
 
 log = Logger()
@@ -303,27 +304,6 @@ class ClientSslAuthFilter:
 
 # -- config ------------------------------------------------------------------------
 
-def _cidrs(section: Section, name: str) -> tuple[IPNetwork, ...]:
-    out: list[IPNetwork] = []
-    for sub in section.sections(name):
-        prefix = sub.string("address_prefix", required=True)
-        length = sub.uint32Value("prefix_len", 0) or 0
-        sub.finish()
-        if prefix is None:
-            continue
-        try:
-            address = ipaddress.ip_address(prefix)
-        except ValueError:
-            sub.error(f"malformed IP address: {prefix!r}", "address_prefix")
-            continue
-        if length > address.max_prefixlen:
-            sub.error(f"must be at most {address.max_prefixlen} for {prefix!r}, got {length}",
-                      "prefix_len")
-            continue
-        out.append(ipaddress.ip_network(f"{prefix}/{length}", strict=False))
-    return tuple(out)
-
-
 class ClientSslAuthFactory:
     """
     Parses C{ClientSSLAuth} configs and builds the per-connection filters.
@@ -342,7 +322,7 @@ class ClientSslAuthFactory:
         if refresh is not None and refresh < 0.001:
             section.error("must be at least 1ms", "refresh_delay")
             refresh = None
-        allowlist = _cidrs(section, "ip_white_list")
+        allowlist = parseCidrRanges(section, "ip_white_list")
         section.finish()
         return ClientSslAuthConfig(authApiCluster=cluster or "", statPrefix=statPrefix,
                                    refreshDelay=refresh or 60.0, ipWhiteList=allowlist)

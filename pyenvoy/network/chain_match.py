@@ -91,7 +91,10 @@ class ConnectionFacts:
     directRemote: tuple[str, int] | None = None
 
 
-def _cidrs(section: Section, name: str) -> tuple[IPNetwork, ...]:
+def parseCidrRanges(section: Section, name: str) -> tuple[IPNetwork, ...]:
+    """
+    Read a list of Envoy C{CidrRange}s (C{address_prefix}, C{prefix_len}).
+    """
     out: list[IPNetwork] = []
     for sub in section.sections(name):
         prefix = sub.string("address_prefix", required=True)
@@ -151,13 +154,13 @@ def parseFilterChainMatch(section: Section | None) -> FilterChainMatch:
             ports.append(item)
     match = FilterChainMatch(
         destinationPort=port,
-        prefixRanges=_cidrs(section, "prefix_ranges"),
+        prefixRanges=parseCidrRanges(section, "prefix_ranges"),
         serverNames=_serverNames(section),
         transportProtocol=section.string("transport_protocol", "") or "",
         applicationProtocols=tuple(section.strings("application_protocols")),
-        directSourcePrefixRanges=_cidrs(section, "direct_source_prefix_ranges"),
+        directSourcePrefixRanges=parseCidrRanges(section, "direct_source_prefix_ranges"),
         sourceType=section.enum("source_type", SOURCE_TYPES, "ANY"),
-        sourcePrefixRanges=_cidrs(section, "source_prefix_ranges"),
+        sourcePrefixRanges=parseCidrRanges(section, "source_prefix_ranges"),
         sourcePorts=tuple(ports),
     )
     section.finish(unsupported=("address_suffix", "suffix_len"))

@@ -373,6 +373,35 @@ def _parseCiphers(section: Section) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _useIdentity(ctx: SSL.Context, chainDer: Any, keyDer: bytes) -> None:
+    """
+    Present C{chainDer} (leaf first, DER) with its private key on C{ctx}.
+
+    @raise SSL.Error: if the key does not match the certificate.
+    """
+    chain = [x509.load_der_x509_certificate(d) for d in chainDer]
+    ctx.use_certificate(crypto.X509.from_cryptography(chain[0]))
+    for extra in chain[1:]:
+        ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+    key = serialization.load_der_private_key(keyDer, password=None)
+    ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))  # type: ignore[arg-type]
+    ctx.check_privatekey()
+
+
+def _trustCas(ctx: SSL.Context, cas: Any) -> None:
+    """
+    Trust the DER certificates in C{cas} (if any) for peer verification,
+    accepting chains that end at any of them, as Envoy does.
+    """
+    if not cas:
+        return
+    store = ctx.get_cert_store()
+    assert store is not None
+    for der in cas:
+        store.add_cert(crypto.X509.from_cryptography(x509.load_der_x509_certificate(der)))
+    store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+
+
 def _cipherKnown(name: str) -> bool:
     if not name or not re.fullmatch(r"[A-Za-z0-9_\-]+", name):
         return False
@@ -559,19 +588,8 @@ def buildContext(config: DownstreamTlsConfig) -> SSL.Context:
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
                     | SSL.OP_NO_RENEGOTIATION)
     ctx.set_cipher_list(":".join(config.cipherSuites).encode("ascii"))
-    chain = [x509.load_der_x509_certificate(d) for d in config.certificateChain]
-    ctx.use_certificate(crypto.X509.from_cryptography(chain[0]))
-    for extra in chain[1:]:
-        ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
-    key = serialization.load_der_private_key(config.privateKey, password=None)
-    ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))  # type: ignore[arg-type]
-    ctx.check_privatekey()
-    if config.trustedCa:
-        store = ctx.get_cert_store()
-        assert store is not None
-        for der in config.trustedCa:
-            store.add_cert(crypto.X509.from_cryptography(x509.load_der_x509_certificate(der)))
-        store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+    _useIdentity(ctx, config.certificateChain, config.privateKey)
+    _trustCas(ctx, config.trustedCa)
     if config.trustedCa is not None or config.clientCertificateRequired:
         mode = SSL.VERIFY_PEER
         if config.clientCertificateRequired:
@@ -1130,19 +1148,8 @@ def buildClientContext(config: UpstreamTlsConfig) -> SSL.Context:
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
     ctx.set_cipher_list(":".join(config.cipherSuites).encode("ascii"))
     if config.certificateChain and config.privateKey is not None:
-        chain = [x509.load_der_x509_certificate(d) for d in config.certificateChain]
-        ctx.use_certificate(crypto.X509.from_cryptography(chain[0]))
-        for extra in chain[1:]:
-            ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
-        key = serialization.load_der_private_key(config.privateKey, password=None)
-        ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))  # type: ignore[arg-type]
-        ctx.check_privatekey()
-    if config.trustedCa:
-        store = ctx.get_cert_store()
-        assert store is not None
-        for der in config.trustedCa:
-            store.add_cert(crypto.X509.from_cryptography(x509.load_der_x509_certificate(der)))
-        store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+        _useIdentity(ctx, config.certificateChain, config.privateKey)
+    _trustCas(ctx, config.trustedCa)
     if config.trustedCa is not None or config.certificateHashes or config.spkiHashes:
         ctx.set_verify(SSL.VERIFY_PEER, _verifyCallback)
     else:
