@@ -479,10 +479,18 @@ class ClusterManager:
         if host is None:
             cluster.stats.upstream_cx_none_healthy.value += 1
             return ConnectStatus.NO_HOST, None
+        return ConnectStatus.STARTED, self.connectHost(cluster, host, handler)
+
+    def connectHost(self, cluster: Cluster, host: Host, handler: Any) -> UpstreamConnection:
+        """
+        Start a connection to C{host} of C{cluster} for C{handler}, for a
+        filter that picked the host itself (a Redis connection pool keeps
+        one connection per host). The caller checks C{cluster.canConnect()}.
+        """
         upstream = UpstreamConnection(cluster, host, handler, self.reactor,
                                       cluster.config.perConnectionBufferLimitBytes)
         upstream.start()
-        return ConnectStatus.STARTED, upstream
+        return upstream
 
     # -- UDP sessions ----------------------------------------------------------
     #
