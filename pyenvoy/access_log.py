@@ -10,8 +10,6 @@ C{docs/access_log.md} for the table and the differences).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import json
 import os
@@ -24,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from twisted.logger import Logger
 
-from pyenvoy.config.reader import Section, describe
+from pyenvoy.config.reader import Section, dataSourceText, describe
 from pyenvoy.stream_info import RESPONSE_FLAG_LONG, RESPONSE_FLAG_ORDER, StreamInfo
 
 log = Logger()
@@ -1109,43 +1107,6 @@ def _compileJsonAt(section: Section, field: str, omit: bool) -> JsonFormatter | 
         return None
 
 
-def _dataSource(section: Section) -> tuple[str, str] | None:
-    """
-    Read a C{config.core.v3.DataSource} as text; return it with the field
-    it came from.
-    """
-    which = section.oneOf("inline_string", "inline_bytes", "filename", "environment_variable")
-    text: str | None = None
-    if which == "inline_string":
-        text = section.string("inline_string")
-    elif which == "inline_bytes":
-        raw = section.string("inline_bytes")
-        if raw is not None:
-            try:
-                text = base64.b64decode(raw, validate=True).decode("utf-8")
-            except (binascii.Error, ValueError):
-                section.error("expected base64-encoded UTF-8 text", "inline_bytes")
-    elif which == "filename":
-        name = section.string("filename", nonEmpty=True)
-        if name:
-            try:
-                with open(name, encoding="utf-8") as f:
-                    text = f.read()
-            except (OSError, UnicodeDecodeError) as e:
-                section.error(f"cannot read {name!r}: {getattr(e, 'strerror', None) or e}",
-                              "filename")
-    elif which == "environment_variable":
-        var = section.string("environment_variable", nonEmpty=True)
-        if var:
-            text = os.environ.get(var)
-            if text is None:
-                section.error(f"Environment variable doesn't exist: {var}",
-                              "environment_variable")
-    section.ignore("inline_string", "inline_bytes", "filename", "environment_variable")
-    section.finish(unsupported=("watched_directory",))
-    if text is None or which is None:
-        return None
-    return text, which
 
 
 def _substitutionFormat(section: Section) -> TextFormatter | JsonFormatter | None:
@@ -1169,7 +1130,7 @@ def _substitutionFormat(section: Section) -> TextFormatter | JsonFormatter | Non
     elif which == "text_format_source":
         data = section.section("text_format_source")
         if data is not None:
-            found = _dataSource(data)
+            found = dataSourceText(data)
             if found is not None:
                 formatter = _compileTextAt(data, found[1], found[0], omit)
     section.ignore("text_format", "json_format", "text_format_source")

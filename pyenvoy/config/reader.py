@@ -8,6 +8,9 @@ C{static_resources.clusters[0].connect_timeout: expected a duration like '0.25s'
 
 from __future__ import annotations
 
+import base64
+import binascii
+import os
 import re
 from typing import Any, Iterator, Sequence, TypeVar
 
@@ -369,3 +372,43 @@ class Section:
                 self.error(f"one of {', '.join(names)} is required")
             return None
         return present[0]
+
+
+def dataSourceText(section: "Section") -> tuple[str, str] | None:
+    """
+    Read a C{config.core.v3.DataSource} (C{inline_string}, C{inline_bytes},
+    C{filename}, C{environment_variable}) as text; return it with the field
+    it came from, or C{None} after reporting why it cannot be read.
+    """
+    which = section.oneOf("inline_string", "inline_bytes", "filename", "environment_variable")
+    text: str | None = None
+    if which == "inline_string":
+        text = section.string("inline_string")
+    elif which == "inline_bytes":
+        raw = section.string("inline_bytes")
+        if raw is not None:
+            try:
+                text = base64.b64decode(raw, validate=True).decode("utf-8")
+            except (binascii.Error, ValueError):
+                section.error("expected base64-encoded UTF-8 text", "inline_bytes")
+    elif which == "filename":
+        name = section.string("filename", nonEmpty=True)
+        if name:
+            try:
+                with open(name, encoding="utf-8") as f:
+                    text = f.read()
+            except (OSError, UnicodeDecodeError) as e:
+                section.error(f"cannot read {name!r}: {getattr(e, 'strerror', None) or e}",
+                              "filename")
+    elif which == "environment_variable":
+        var = section.string("environment_variable", nonEmpty=True)
+        if var:
+            text = os.environ.get(var)
+            if text is None:
+                section.error(f"Environment variable doesn't exist: {var}",
+                              "environment_variable")
+    section.ignore("inline_string", "inline_bytes", "filename", "environment_variable")
+    section.finish(unsupported=("watched_directory",))
+    if text is None or which is None:
+        return None
+    return text, which

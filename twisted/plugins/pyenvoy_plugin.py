@@ -36,6 +36,13 @@ postgresProxy = NetworkFilter(
     "pyenvoy.filters.postgres_proxy",
 )
 
+redisProxy = NetworkFilter(
+    "envoy.filters.network.redis_proxy",
+    "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy",
+    "pyenvoy.filters.redis_proxy",
+    terminal=True,
+)
+
 clientSslAuth = NetworkFilter(
     "envoy.filters.network.client_ssl_auth",
     "type.googleapis.com/envoy.extensions.filters.network.client_ssl_auth.v3.ClientSSLAuth",

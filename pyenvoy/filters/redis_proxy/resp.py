@@ -248,6 +248,7 @@ class HiredisDecoder:
         maxBulkLength: int = DEFAULT_MAX_BULK_LENGTH,
         maxArrayLength: int = DEFAULT_MAX_ARRAY_LENGTH,
         maxInlineLength: int = DEFAULT_MAX_INLINE_LENGTH,
+        fixErrors: bool = True,
     ) -> None:
         import hiredis
 
@@ -263,6 +264,7 @@ class HiredisDecoder:
         self._pending = b""
         # Set once the connection has fallen back to Python.
         self._py: PyDecoder | None = None
+        self._fixErrors = fixErrors
 
     def _pyDecoder(self, inline: bool) -> PyDecoder:
         return PyDecoder(inline, *self._limits)
@@ -314,7 +316,7 @@ class HiredisDecoder:
                 # Only a message this big can hold an over-limit bulk
                 # string that was complete before it could be probed.
                 _checkSizes(value, self._limits[0], self._limits[1])
-            out.append(_fixErrors(value))
+            out.append(_fixErrors(value) if self._fixErrors else value)
             self._returned += 1
             # has_data() is also false mid-message once hiredis has parsed
             # every byte it has, so only right after a value does it mean
@@ -422,12 +424,18 @@ def makeDecoder(
     maxBulkLength: int = DEFAULT_MAX_BULK_LENGTH,
     keepSimpleStrings: bool = False,
     preferC: bool = True,
+    fixErrors: bool = True,
 ) -> Decoder:
     """
     A decoder: hiredis-backed when available (and allowed), else pure Python.
+
+    C{fixErrors=False} leaves errors nested in arrays as hiredis makes
+    them (exception objects): a proxy reading commands, which rejects any
+    array element that is not a bulk string, need not walk every array.
     """
     if preferC and not keepSimpleStrings and hiredisAvailable():
-        return HiredisDecoder(inline=inline, maxBulkLength=maxBulkLength)
+        return HiredisDecoder(inline=inline, maxBulkLength=maxBulkLength,
+                              fixErrors=fixErrors)
     return PyDecoder(inline=inline, maxBulkLength=maxBulkLength)
 
 
@@ -473,3 +481,116 @@ def error(message: str | bytes) -> bytes:
     if isinstance(message, str):
         message = message.encode("utf-8")
     return b"-" + message + b"\r\n"
+
+
+class ReplyFramer:
+    """
+    Split a RESP byte stream into whole values, each as its raw bytes.
+
+    The proxy passes most upstream replies through untouched, so it needs
+    where each reply ends, not what it holds: this keeps the reply's exact
+    wire type (a C{+OK} stays a simple string, a C{*-1} a null array)
+    and costs one C{find} per value header.  A value split over reads is
+    resumed where the scan stopped, and a large bulk string is not joined
+    until all of it has arrived, so big replies cost linear time.
+
+    Limits as for the decoders: a bulk string over C{maxBulkLength}, an
+    array over C{maxArrayLength} elements or a header line over
+    C{maxInlineLength} bytes is a L{ProtocolError}.
+    """
+
+    def __init__(
+        self,
+        maxBulkLength: int = DEFAULT_MAX_BULK_LENGTH,
+        maxArrayLength: int = DEFAULT_MAX_ARRAY_LENGTH,
+        maxInlineLength: int = DEFAULT_MAX_INLINE_LENGTH,
+    ) -> None:
+        self._maxBulk = maxBulkLength
+        self._maxArray = maxArrayLength
+        self._maxLine = maxInlineLength
+        self._chunks: list[bytes] = []
+        self._length = 0
+        # Buffered bytes needed before a scan can make progress.
+        self._need = 0
+        # Where the scan of the value at the buffer's start stopped, and
+        # how many values (the value itself and array elements) are left.
+        self._pos = 0
+        self._remaining = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """
+        Add C{data}; return the raw bytes of every value it completed.
+        """
+        chunks = self._chunks
+        chunks.append(data)
+        self._length += len(data)
+        if self._length < self._need:
+            return []
+        buf = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        n = len(buf)
+        out: list[bytes] = []
+        start = 0
+        pos = self._pos
+        remaining = self._remaining
+        need = 0
+        find = buf.find
+        while True:
+            if not remaining:
+                if pos >= n:
+                    break
+                start = pos
+                remaining = 1
+            kind = buf[pos] if pos < n else -1
+            eol = find(b"\r\n", pos + 1) if kind >= 0 else -1
+            if eol < 0:
+                if n - pos > self._maxLine:
+                    raise ProtocolError("too long header line")
+                need = n + 1
+                break
+            if kind == 0x24:  # $
+                length = self._int(buf[pos + 1:eol])
+                if length < 0:
+                    pos = eol + 2
+                else:
+                    if length > self._maxBulk:
+                        raise ProtocolError(f"bulk string of {length} bytes over limit")
+                    end = eol + length + 4
+                    if end > n:
+                        need = end
+                        break
+                    if buf[end - 2:end] != b"\r\n":
+                        raise ProtocolError("bulk string not ended by CRLF")
+                    pos = end
+            elif kind == 0x2A:  # *
+                count = self._int(buf[pos + 1:eol])
+                if count > self._maxArray:
+                    raise ProtocolError(f"array of {count} elements over limit")
+                if count > 0:
+                    remaining += count
+                pos = eol + 2
+            elif kind == 0x2B or kind == 0x2D or kind == 0x3A:  # + - :
+                pos = eol + 2
+            else:
+                raise ProtocolError(f"invalid RESP type byte {buf[pos:pos + 1]!r}")
+            remaining -= 1
+            if not remaining:
+                out.append(buf[start:pos])
+        if remaining:
+            rest = buf[start:]
+            self._pos = pos - start
+            self._need = need - start
+        else:
+            rest = b""
+            self._pos = 0
+            self._need = 0
+        self._remaining = remaining
+        self._chunks = [rest] if rest else []
+        self._length = len(rest)
+        return out
+
+    @staticmethod
+    def _int(raw: bytes) -> int:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ProtocolError(f"invalid integer {raw!r}") from None

@@ -1,0 +1,70 @@
+"""
+redis_proxy's command table: which commands it routes, and how.
+
+The Envoy classes (simple, eval, sum-split, MGET/MSET, transactions, local)
+follow Envoy's C{supported_commands.h} and the 2025 additions listed in
+docs/redis_proxy.md; the pyenvoy-only classes (pub/sub, blocking,
+per-client SELECT, fan-out) are marked as such.
+"""
+
+from __future__ import annotations
+
+#: Commands routed by the hash of their first argument (the key).
+SIMPLE = frozenset("""
+append bf.add bf.card bf.exists bf.info bf.insert bf.loadchunk bf.madd bf.mexists
+bf.reserve bf.scandump bitcount bitfield bitfield_ro bitpos decr decrby dump expire
+expireat expiretime geoadd geodist geohash geopos georadius_ro georadiusbymember_ro
+geosearch get getbit getdel getex getrange getset hdel hexists hget hgetall hincrby
+hincrbyfloat hkeys hlen hmget hmset hrandfield hscan hset hsetnx hstrlen hvals incr
+incrby incrbyfloat lindex linsert llen lmove lpop lpos lpush lpushx lrange lrem lset
+ltrim persist pexpire pexpireat pexpiretime pfadd pfcount pfmerge psetex pttl publish
+restore rpop rpoplpush rpush rpushx sadd scard sdiff sdiffstore set setbit setex setnx
+setrange sinter sinterstore sismember smembers smismember smove sort sort_ro spop
+srandmember srem sscan strlen substr sunion sunionstore ttl type xack xadd xautoclaim
+xclaim xdel xlen xpending xrange xrevrange xtrim zadd zcard zcount zdiff zdiffstore
+zincrby zinter zinterstore zlexcount zmscore zpopmax zpopmin zrandmember zrange
+zrangebylex zrangebyscore zrangestore zrank zrem zremrangebylex zremrangebyrank
+zremrangebyscore zrevrange zrevrangebylex zrevrangebyscore zrevrank zscan zscore
+zunion zunionstore copy rename renamenx msetnx bitop
+""".split())
+
+#: Commands hashed on their fourth argument (the first key).
+EVAL = frozenset(("eval", "evalsha", "eval_ro", "evalsha_ro"))
+
+#: One command per key, integer replies summed.
+SUM_SPLIT = frozenset(("del", "exists", "touch", "unlink"))
+
+#: Transaction commands; the whole transaction runs on the first key's server.
+TRANSACTION = frozenset(("multi", "exec", "discard", "watch", "unwatch"))
+
+#: Answered by the proxy itself.
+LOCAL = frozenset(("auth", "ping", "echo", "time", "quit", "hello"))
+
+#: pyenvoy only: blocking single-key commands, each on a dedicated connection.
+BLOCKING = frozenset(("blpop", "brpop", "brpoplpush", "blmove", "bzpopmin", "bzpopmax"))
+
+#: pyenvoy only: pub/sub subscriptions on dedicated connections.
+SUBSCRIBE = frozenset(("subscribe", "psubscribe", "unsubscribe", "punsubscribe"))
+
+#: pyenvoy only: sent to every shard, replies merged.
+FAN_OUT = frozenset(("keys", "scan", "dbsize", "flushdb", "flushall"))
+
+#: pyenvoy only: per-client database selection.
+SELECT = "select"
+
+#: Commands that change data (Envoy's write list), for mirroring with
+#: C{exclude_read_commands}.
+WRITE = frozenset("""
+append bitfield decr decrby del discard exec expire expireat eval evalsha geoadd getdel
+hdel hincrby hincrbyfloat hmset hset hsetnx incr incrby incrbyfloat linsert lmove lpop
+lpush lpushx lrem lset ltrim mset multi persist pexpire pexpireat pfadd psetex restore
+rpop rpush rpushx sadd set setbit setex setnx setrange spop srem zadd zincrby touch
+zpopmin zpopmax zrem zremrangebylex zremrangebyrank zremrangebyscore unlink
+""".split())
+
+#: Every command with per-command stats (Envoy creates them all up front).
+WITH_STATS = SIMPLE | EVAL | SUM_SPLIT | TRANSACTION | BLOCKING | SUBSCRIBE | FAN_OUT | {
+    "mget", "mset", SELECT}
+
+#: Every command the proxy knows; anything else is "unknown command".
+KNOWN = WITH_STATS | LOCAL

@@ -1,0 +1,498 @@
+"""
+redis_proxy's upstream side: one pipelined connection per Redis host,
+shared by every client of a configured filter, plus dedicated connections
+for what cannot share one (transactions, blocking commands, pub/sub).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable
+
+from twisted.logger import Logger
+
+from pyenvoy.filters.redis_proxy.resp import ProtocolError, ReplyFramer
+from pyenvoy.upstream.hashing import murmurHash2
+from pyenvoy.upstream.host import Host
+
+log = Logger()
+
+UPSTREAM_FAILURE = b"-upstream failure\r\n"
+
+#: How many times per op_timeout a busy connection checks for progress.
+OP_TIMEOUT_CHECKS = 4
+
+
+def encodeCommand(args: list[bytes]) -> bytes:
+    """
+    A command as a RESP array of bulk strings.
+
+    @raise TypeError: if an argument is not C{bytes} (the request held
+        something other than bulk strings).
+    """
+    return b"*%d\r\n" % len(args) + b"".join(
+        [b"$%d\r\n%s\r\n" % (len(a), a) for a in args])
+
+
+class _Ignore:
+    """
+    Callbacks for a reply nobody waits for (a mirrored command, the
+    MULTI Envoy sends ahead of a transaction's first command).
+    """
+
+    def onReply(self, raw: bytes) -> None:
+        pass
+
+    def onFailure(self, raw: bytes) -> None:
+        pass
+
+
+IGNORE = _Ignore()
+
+
+class _Setup:
+    """
+    Callbacks for the AUTH or SELECT a new connection sends first.  A
+    failed SELECT must not leave the connection in database 0, so it
+    fails the connection, handing Redis's error to every waiting request.
+    """
+
+    def __init__(self, client: "UpstreamClient", what: str, fatal: bool) -> None:
+        self.client = client
+        self.what = what
+        self.fatal = fatal
+
+    def onReply(self, raw: bytes) -> None:
+        if raw[:1] == b"-":
+            log.warn("redis upstream {host} refused {what}: {error}",
+                     host=self.client.host.addressString, what=self.what,
+                     error=raw[1:-2].decode("utf-8", "replace"))
+            if self.fatal:
+                self.client.fail(raw)
+
+    def onFailure(self, raw: bytes) -> None:
+        pass
+
+
+class Batch:
+    """
+    The work one reactor callback leaves for its end: upstream clients
+    with commands to write and downstream filters with replies to write,
+    so that each gets one C{write} per read however many commands the
+    read held.  One per configured filter, shared by its connections.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self.touched: list[UpstreamClient] = []
+        self.dirty: list[Any] = []
+        #: The reactor's time at the start of the current callback.
+        self.now = 0.0
+
+    def end(self) -> None:
+        """
+        Write what the callback queued: commands first, then replies.
+        """
+        while self.touched or self.dirty:
+            touched, self.touched = self.touched, []
+            for client in touched:
+                client.flushQueued()
+            dirty, self.dirty = self.dirty, []
+            for owner in dirty:
+                owner.flushReplies()
+
+
+class UpstreamClient:
+    """
+    One connection to one Redis host: commands are written in order and
+    each reply goes to the callbacks queued with its command
+    (C{onReply(raw)} / C{onFailure(errorReply)}).
+
+    Replies are framed, not decoded (L{ReplyFramer}), so they go back to
+    clients byte for byte.
+    """
+
+    def __init__(self, pool: "ConnPool", host: Host, db: int = 0,
+                 dedicated: bool = False, opTimeout: float | None = None,
+                 onPush: Callable[[bytes], None] | None = None,
+                 onClose: Callable[["UpstreamClient"], None] | None = None) -> None:
+        self.pool = pool
+        self.host = host
+        self.db = db
+        self.dedicated = dedicated
+        self.closed = False
+        #: Close once no reply is awaited (a finished transaction's connection).
+        self.closeWhenIdle = False
+        self._batch = pool.batch
+        self._reactor = pool.batch.reactor
+        self._opTimeout = opTimeout
+        self._onPush = onPush
+        self._onClose = onClose
+        self._out: list[bytes] = []
+        self._outLength = 0
+        self._queued = False
+        self._pending: deque[Any] = deque()
+        self._framer = ReplyFramer()
+        self._connected = False
+        self._responses = 0
+        self._timer: Any = None
+        self._flushTimer: Any = None
+        self._seen = 0
+        self._stale = 0
+        username, password = pool.credentialsFor(host)
+        if password:
+            auth = [b"AUTH", username, password] if username else [b"AUTH", password]
+            self._enqueue(encodeCommand(auth), _Setup(self, "AUTH", fatal=False))
+        if db:
+            self._enqueue(encodeCommand([b"SELECT", b"%d" % db]),
+                          _Setup(self, f"SELECT {db}", fatal=True))
+        self._conn = pool.clusterManager.connectHost(pool.cluster, host, self)
+
+    # -- sending ---------------------------------------------------------------
+
+    def _enqueue(self, data: bytes, callbacks: Any) -> None:
+        self._out.append(data)
+        self._outLength += len(data)
+        self._pending.append(callbacks)
+
+    def send(self, data: bytes, callbacks: Any) -> None:
+        """
+        Queue one encoded command; it is written when the current reactor
+        callback ends (L{Batch.end}), together with the others queued.
+        """
+        if self.closed:
+            callbacks.onFailure(UPSTREAM_FAILURE)
+            return
+        self._out.append(data)
+        self._outLength += len(data)
+        self._pending.append(callbacks)
+        if not self._queued:
+            self._queued = True
+            self._batch.touched.append(self)
+
+    def sendUntracked(self, data: bytes) -> None:
+        """
+        Queue a command whose replies arrive as pushes (pub/sub), not as
+        one reply per command.
+        """
+        if self.closed:
+            return
+        self._out.append(data)
+        self._outLength += len(data)
+        if not self._queued:
+            self._queued = True
+            self._batch.touched.append(self)
+
+    def flushQueued(self) -> None:
+        """
+        End of a batch: write now, or wait for more if the filter batches
+        (C{max_buffer_size_before_flush}).
+        """
+        self._queued = False
+        limit = self.pool.maxBufferBeforeFlush
+        if limit and self._outLength < limit:
+            if self._flushTimer is None:
+                self._flushTimer = self._reactor.callLater(
+                    self.pool.bufferFlushTimeout, self._flushTimedOut)
+            return
+        self.flush()
+
+    def _flushTimedOut(self) -> None:
+        self._flushTimer = None
+        self.flush()
+        self._batch.end()
+
+    def flush(self) -> None:
+        """
+        Write every queued command (once connected).
+        """
+        if not self._connected or not self._out:
+            return
+        if self._flushTimer is not None:
+            if self._flushTimer.active():
+                self._flushTimer.cancel()
+            self._flushTimer = None
+        out = self._out
+        self._out = []
+        self._outLength = 0
+        self.pool.stats.upstream_rq_total.value += len(out)
+        self._conn.write(out[0] if len(out) == 1 else b"".join(out))
+        if self._opTimeout and self._timer is None:
+            self._seen = self._responses
+            self._stale = 0
+            self._timer = self._reactor.callLater(self._opTimeout / OP_TIMEOUT_CHECKS,
+                                                  self._checkProgress)
+
+    def _checkProgress(self) -> None:
+        """
+        Envoy's op_timeout, sampled: fail the connection when no reply came
+        for a whole op_timeout while commands wait.
+        """
+        self._timer = None
+        if self.closed or not self._pending:
+            return
+        if self._responses != self._seen:
+            self._seen = self._responses
+            self._stale = 0
+        else:
+            self._stale += 1
+            if self._stale >= OP_TIMEOUT_CHECKS:
+                self.pool.upstreamRqTimeout.value += 1
+                log.info("redis upstream {host}: no reply within op_timeout",
+                         host=self.host.addressString)
+                self.fail(UPSTREAM_FAILURE)
+                self._batch.end()
+                return
+        self._timer = self._reactor.callLater(self._opTimeout / OP_TIMEOUT_CHECKS,  # type: ignore[operator]
+                                              self._checkProgress)
+
+    # -- UpstreamConnection handler ------------------------------------------------
+
+    def upstreamConnected(self, upstream: Any) -> None:
+        """
+        Write what was queued while connecting.
+        """
+        self._connected = True
+        self.flush()
+
+    def upstreamConnectFailed(self, reason: str, timedOut: bool) -> None:
+        """
+        The connection could not be made: every waiting command fails.
+        """
+        log.info("redis upstream {host} connect failed: {reason}",
+                 host=self.host.addressString, reason=reason)
+        self.fail(UPSTREAM_FAILURE)
+        self._batch.end()
+
+    def upstreamData(self, data: bytes) -> None:
+        """
+        Hand each whole reply to the callbacks of its command.
+        """
+        try:
+            replies = self._framer.feed(data)
+        except ProtocolError as e:
+            log.warn("redis upstream {host} sent bad RESP: {error}",
+                     host=self.host.addressString, error=str(e))
+            self.fail(UPSTREAM_FAILURE)
+            self._batch.end()
+            return
+        batch = self._batch
+        batch.now = self._reactor.seconds()
+        pending = self._pending
+        for raw in replies:
+            if pending:
+                pending.popleft().onReply(raw)
+            elif self._onPush is not None:
+                self._onPush(raw)
+            else:
+                log.warn("redis upstream {host} sent a reply nobody asked for",
+                         host=self.host.addressString)
+                self.fail(UPSTREAM_FAILURE)
+                break
+        self._responses += len(replies)
+        if self.closeWhenIdle and not pending and not self.closed:
+            self.close()
+        batch.end()
+
+    def upstreamEndStream(self) -> None:
+        """
+        Redis closed its side: treat it as closed.
+        """
+        self.close()
+
+    def upstreamClosed(self, localClose: bool) -> None:
+        """
+        The connection is gone: every waiting command fails.
+        """
+        self.fail(UPSTREAM_FAILURE)
+        self._batch.end()
+
+    # -- ending ----------------------------------------------------------------------
+
+    def hasPending(self) -> bool:
+        """
+        Whether a reply is still awaited.
+        """
+        return bool(self._pending)
+
+    def fail(self, errorReply: bytes) -> None:
+        """
+        Close, failing every waiting command with C{errorReply}.
+        """
+        wasClosed = self.closed
+        self.closed = True
+        for timer in (self._timer, self._flushTimer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._timer = self._flushTimer = None
+        pending, self._pending = self._pending, deque()
+        self._out = []
+        if not wasClosed:
+            self.pool.forget(self)
+            self._conn.close(flush=False)
+            if self._onClose is not None:
+                self._onClose(self)
+        for callbacks in pending:
+            callbacks.onFailure(errorReply)
+
+    def close(self) -> None:
+        """
+        Close (commands still waiting fail).
+        """
+        self.fail(UPSTREAM_FAILURE)
+
+
+class ConnPool:
+    """
+    The connections of one configured filter to one cluster: one shared
+    client per (host, database), found by the key's hash the way Envoy's
+    redis_proxy finds it (MurmurHash2-64 of the key or its C{{hashtag}},
+    looked up in the cluster's RING_HASH or MAGLEV table).
+    """
+
+    def __init__(self, clusterManager: Any, clusterName: str, batch: Batch,
+                 config: Any, store: Any) -> None:
+        self.clusterManager = clusterManager
+        self.cluster = clusterManager.get(clusterName)
+        self.batch = batch
+        self.opTimeout = config.opTimeout
+        self.maxBufferBeforeFlush = config.maxBufferSizeBeforeFlush
+        self.bufferFlushTimeout = config.bufferFlushTimeout
+        self.hashtagging = config.enableHashtagging
+        self.stats = self.cluster.stats
+        clusterScope = store.scope(f"cluster.{self.cluster.config.statName}")
+        self.redisClusterScope = clusterScope.scope("redis_cluster")
+        for name in ("upstream_cx_drained", "max_upstream_unknown_connections_reached",
+                     "connection_rate_limited"):
+            self.redisClusterScope.counter(name)
+        self.upstreamRqTimeout = clusterScope.counter("upstream_rq_timeout")
+        self._clients: dict[Any, UpstreamClient] = {}
+        self._unknownHosts: dict[str, Host] = {}
+        self._lbContext = _HashContext()
+        options = getattr(self.cluster.config, "redisProtocolOptions", None)
+        self._credentials = options.credentialsFor if options is not None else None
+        clusterManager.onHostsRemoved(clusterName, self._hostsRemoved)
+
+    def credentialsFor(self, host: Host) -> tuple[bytes, bytes]:
+        """
+        The upstream AUTH (username, password) for C{host}, from the
+        cluster's C{RedisProtocolOptions}; empty when there is none.
+        """
+        if self._credentials is None:
+            return b"", b""
+        username, password = self._credentials(host)
+        return ((username or "").encode("utf-8") if isinstance(username, str) else username or b"",
+                (password or "").encode("utf-8") if isinstance(password, str) else password or b"")
+
+    def hostForKey(self, key: bytes) -> Host | None:
+        """
+        The host of the cluster that owns C{key}.
+        """
+        if self.hashtagging:
+            start = key.find(b"{")
+            if start >= 0:
+                end = key.find(b"}", start + 1)
+                if end > start + 1:
+                    key = key[start + 1:end]
+        context = self._lbContext
+        context.hashKey = murmurHash2(key)
+        return self.cluster.lb.chooseHost(context)
+
+    def clientForKey(self, key: bytes, db: int = 0) -> UpstreamClient | None:
+        """
+        The shared client of the host that owns C{key}, or C{None} when
+        the cluster has no host.
+        """
+        host = self.hostForKey(key)
+        if host is None:
+            return None
+        client = self._clients.get(host if not db else (host, db))
+        if client is None:
+            client = self.clientForHost(host, db)
+        return client
+
+    def clientForHost(self, host: Host, db: int = 0) -> UpstreamClient:
+        """
+        The shared client of C{host} (made on first use).
+        """
+        slot = host if not db else (host, db)
+        client = self._clients.get(slot)
+        if client is None:
+            client = UpstreamClient(self, host, db, opTimeout=self.opTimeout)
+            self._clients[slot] = client
+        return client
+
+    def dedicatedClient(self, host: Host, db: int = 0, opTimeout: bool = True,
+                        onPush: Callable[[bytes], None] | None = None,
+                        onClose: Callable[[UpstreamClient], None] | None = None
+                        ) -> UpstreamClient:
+        """
+        A new connection to C{host} for one client's exclusive use.
+        """
+        return UpstreamClient(self, host, db, dedicated=True,
+                              opTimeout=self.opTimeout if opTimeout else None,
+                              onPush=onPush, onClose=onClose)
+
+    def hosts(self) -> list[Host]:
+        """
+        The cluster's hosts in a stable order (for fan-out and SCAN cursors).
+        """
+        return sorted(self.cluster.hosts, key=lambda h: h.address)
+
+    def hostForAddress(self, address: str, limit: int) -> Host | None:
+        """
+        The host a MOVED/ASK redirection names: a cluster member, or one
+        of at most C{limit} other addresses (Envoy's
+        C{max_upstream_unknown_connections}).
+        """
+        for host in self.cluster.hosts:
+            if host.addressString == address:
+                return host
+        host = self._unknownHosts.get(address)
+        if host is not None:
+            return host
+        if len(self._unknownHosts) >= limit:
+            self.redisClusterScope.counter("max_upstream_unknown_connections_reached").value += 1
+            return None
+        ip, _, port = address.rpartition(":")
+        try:
+            host = Host((ip.strip("[]"), int(port)))
+        except ValueError:
+            return None
+        self._unknownHosts[address] = host
+        return host
+
+    def forget(self, client: UpstreamClient) -> None:
+        """
+        Drop a closed client so the next command connects afresh.
+        """
+        slot = client.host if not client.db else (client.host, client.db)
+        if self._clients.get(slot) is client:
+            del self._clients[slot]
+
+    def _hostsRemoved(self, cluster: Any, removed: list[Host]) -> None:
+        for host in removed:
+            for slot, client in list(self._clients.items()):
+                if client.host is host:
+                    self.redisClusterScope.counter("upstream_cx_drained").value += 1
+                    client.close()
+        self.batch.end()
+
+    def close(self) -> None:
+        """
+        Close every shared connection (the filter's chain is going away).
+        """
+        for client in list(self._clients.values()):
+            client.close()
+
+
+class _HashContext:
+    """
+    A reusable load-balancer context carrying one key's hash.
+    """
+
+    hashKey: int | None = None
+
+
+__all__ = ["Batch", "ConnPool", "IGNORE", "UPSTREAM_FAILURE", "UpstreamClient",
+           "encodeCommand"]

@@ -1,0 +1,1077 @@
+"""
+C{envoy.filters.network.redis_proxy}: a Redis proxy that splits each
+client's commands over the shards of a cluster, as Envoy's does.
+
+Per client connection the filter decodes commands (hiredis), routes each
+by its key, and writes the replies back in request order.  Commands read
+in one chunk are written to each upstream in one write, and the replies
+that one upstream read completes go to each client in one write
+(L{pyenvoy.filters.redis_proxy.conn_pool.Batch}).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from typing import Any
+
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from pyenvoy.filters.redis_proxy import commands as C
+from pyenvoy.filters.redis_proxy.config import RedisProxyConfig, Route
+from pyenvoy.filters.redis_proxy.conn_pool import (
+    IGNORE, Batch, ConnPool, UpstreamClient, encodeCommand)
+from pyenvoy.filters.redis_proxy.resp import ProtocolError, encode, makeDecoder
+from pyenvoy.interfaces import CloseType, FilterStatus, IReadFilter
+
+log = Logger()
+
+# Envoy's reply strings (command_splitter_impl.h, proxy_filter.cc, fault_impl.h).
+INVALID_REQUEST = b"-invalid request\r\n"
+NO_UPSTREAM_HOST = b"-no upstream host\r\n"
+UPSTREAM_PROTOCOL_ERROR = b"-upstream protocol error\r\n"
+AUTH_REQUIRED = b"-NOAUTH Authentication required.\r\n"
+FAULT_ERROR = b"-Fault Injected: Error\r\n"
+OK = b"+OK\r\n"
+PONG = b"+PONG\r\n"
+QUEUED = b"+QUEUED\r\n"
+EMPTY_ARRAY = b"*0\r\n"
+
+#: A client with this many replies outstanding is not read until half are sent.
+MAX_PENDING_PER_CLIENT = 4096
+
+# Command kinds.
+(_SIMPLE, _EVAL, _MGET, _MSET, _SUM, _TXN, _AUTH, _PING, _ECHO, _TIME, _QUIT, _HELLO,
+ _BLOCKING, _SUBSCRIBE, _FAN_OUT, _SELECT) = range(16)
+
+
+def _error(message: str) -> bytes:
+    return b"-" + message.encode("utf-8", "replace") + b"\r\n"
+
+
+class _CommandStats:
+    """
+    C{redis.<prefix>.command.<cmd>.*}.
+    """
+
+    __slots__ = ("total", "success", "error", "error_fault", "delay_fault", "latency")
+
+    def __init__(self, scope: Any) -> None:
+        for name in ("total", "success", "error", "error_fault", "delay_fault"):
+            setattr(self, name, scope.counter(name))
+        self.latency = scope.histogram("latency")
+
+
+class _Command:
+    """
+    One entry of the command table: its kind and stats.
+    """
+
+    __slots__ = ("name", "kind", "stats", "isWrite")
+
+    def __init__(self, name: str, kind: int, stats: _CommandStats | None) -> None:
+        self.name = name
+        self.kind = kind
+        self.stats = stats
+        self.isWrite = name in C.WRITE
+
+
+def _kindOf(name: str) -> int | None:
+    if name in C.SIMPLE:
+        return _SIMPLE
+    if name in C.EVAL:
+        return _EVAL
+    if name in C.SUM_SPLIT:
+        return _SUM
+    if name in C.TRANSACTION:
+        return _TXN
+    if name in C.BLOCKING:
+        return _BLOCKING
+    if name in C.SUBSCRIBE:
+        return _SUBSCRIBE
+    if name in C.FAN_OUT:
+        return _FAN_OUT
+    return {"mget": _MGET, "mset": _MSET, "auth": _AUTH, "ping": _PING, "echo": _ECHO,
+            "time": _TIME, "quit": _QUIT, "hello": _HELLO, C.SELECT: _SELECT}.get(name)
+
+
+class _RuntimeRoute:
+    """
+    A configured route with its connection pools.
+    """
+
+    def __init__(self, route: Route, pools: dict[str, ConnPool]) -> None:
+        self.prefix = route.prefix
+        self.removePrefix = route.removePrefix
+        self.pool = pools[route.cluster]
+        self.mirrors = tuple((pools[m.cluster], m) for m in route.mirrors)
+
+
+class _Shared:
+    """
+    What every connection of one configured redis_proxy shares: stats,
+    routes, upstream pools, the command table.
+    """
+
+    def __init__(self, config: RedisProxyConfig, context: Any) -> None:
+        self.config = config
+        self.reactor = context.reactor
+        self.batch = Batch(context.reactor)
+        store = context.store
+        scope = store.scope(f"redis.{config.statPrefix}")
+        for name in ("downstream_cx_drain_close", "downstream_cx_protocol_error",
+                     "downstream_cx_rx_bytes_total", "downstream_cx_total",
+                     "downstream_cx_tx_bytes_total", "downstream_rq_total"):
+            setattr(self, name, scope.counter(name))
+        for name in ("downstream_cx_active", "downstream_cx_rx_bytes_buffered",
+                     "downstream_cx_tx_bytes_buffered", "downstream_rq_active"):
+            setattr(self, name, scope.gauge(name))
+        splitter = scope.scope("splitter")
+        self.invalid_request = splitter.counter("invalid_request")
+        self.unsupported_command = splitter.counter("unsupported_command")
+        commandScope = scope.scope("command")
+        self.table: dict[bytes, _Command] = {}
+        for name in sorted(C.KNOWN):
+            kind = _kindOf(name)
+            assert kind is not None, name
+            stats = _CommandStats(commandScope.scope(name)) if name in C.WITH_STATS else None
+            self.table[name.encode()] = _Command(name, kind, stats)
+        self.latencyScale = 1_000_000.0 if config.latencyInMicros else 1000.0
+        pools: dict[str, ConnPool] = {}
+        routes = list(config.routes) + ([config.catchAll] if config.catchAll else [])
+        for route in routes:
+            for cluster in [route.cluster] + [m.cluster for m in route.mirrors]:
+                if cluster not in pools:
+                    pools[cluster] = ConnPool(context.clusterManager, cluster, self.batch,
+                                              config, store)
+        self.pools = pools
+        self.routes = tuple(_RuntimeRoute(r, pools) for r in config.routes)
+        self.catchAll = _RuntimeRoute(config.catchAll, pools) if config.catchAll else None
+        self.caseInsensitive = config.caseInsensitive
+        self.faults: dict[str, list[Any]] = {}
+        allCommands = [f for f in config.faults if not f.commands]
+        for fault in config.faults:
+            for name in fault.commands:
+                self.faults.setdefault(name, []).append(fault)
+        for name in list(self.faults):
+            self.faults[name].extend(allCommands)
+        self.faultsForAll = allCommands
+        self.random = random.Random()
+
+    def lookup(self, raw: bytes) -> _Command | None:
+        """
+        The table entry of a command name in any case (cached by spelling).
+        """
+        entry = self.table.get(raw)
+        if entry is None:
+            entry = self.table.get(raw.lower())
+            if entry is not None and len(self.table) < 4096:
+                self.table[raw] = entry
+        return entry
+
+    def route(self, key: bytes) -> _RuntimeRoute | None:
+        """
+        The longest-prefix route for C{key}, else the catch-all one.
+        """
+        if self.routes:
+            probe = key.lower() if self.caseInsensitive else key
+            for route in self.routes:
+                prefix = route.prefix.lower() if self.caseInsensitive else route.prefix
+                if probe.startswith(prefix):
+                    return route
+        return self.catchAll
+
+    def faultFor(self, name: str) -> Any:
+        """
+        The fault to inject into this command, if any (Envoy's draw: one
+        random percentage against the faults' cumulative shares).
+        """
+        faults = self.faults.get(name, self.faultsForAll)
+        if not faults:
+            return None
+        draw = self.random.random() * 100
+        total = 0.0
+        for fault in faults:
+            total += fault.percent
+            if draw < total:
+                return fault
+        return None
+
+
+class _Slot:
+    """
+    One command's place in its client's reply order, and the callbacks of
+    the upstream command that answers it.
+    """
+
+    __slots__ = ("owner", "reply", "stats", "start", "quit", "delay", "request", "pool",
+                 "after")
+
+    def __init__(self, owner: "RedisProxyFilter", stats: _CommandStats | None) -> None:
+        self.owner = owner
+        self.reply: bytes | None = None
+        self.stats = stats
+        self.start = owner.batch.now
+        self.quit = False
+        self.delay = 0.0
+        self.request: bytes | None = None
+        self.pool: ConnPool | None = None
+        self.after: Any = None
+
+    def onReply(self, raw: bytes) -> None:
+        if raw[0] == 45 and self.request is not None and self.owner.redirect(self, raw):
+            return
+        self.complete(raw, True)
+
+    def onFailure(self, raw: bytes) -> None:
+        self.complete(raw, False)
+
+    def complete(self, raw: bytes, ok: bool) -> None:
+        """
+        The reply is known: count it and queue it for its client.
+        """
+        if self.after is not None:
+            replaced = self.after(self, raw)
+            self.after = None
+            if replaced is not None:
+                raw = replaced
+        if self.delay:
+            owner = self.owner
+            owner.reactor.callLater(self.delay, self._delayed, raw, ok)
+            return
+        self._record(ok)
+        self.reply = raw
+        owner = self.owner
+        if not owner.dirty:
+            owner.dirty = True
+            owner.batch.dirty.append(owner)
+
+    def _record(self, ok: bool) -> None:
+        stats = self.stats
+        if stats is not None:
+            if ok:
+                stats.success.value += 1
+            else:
+                stats.error.value += 1
+            owner = self.owner
+            stats.latency.record((owner.batch.now - self.start) * owner.latencyScale)
+
+    def _delayed(self, raw: bytes, ok: bool) -> None:
+        owner = self.owner
+        owner.batch.now = owner.reactor.seconds()
+        if self.stats is not None:
+            self.stats.delay_fault.value += 1
+        self.delay = 0.0
+        self.complete(raw, ok)
+        owner.batch.end()
+
+
+class _Part:
+    """
+    The callbacks of one fragment of a split command.
+    """
+
+    __slots__ = ("parent", "index")
+
+    def __init__(self, parent: "_Split", index: int) -> None:
+        self.parent = parent
+        self.index = index
+
+    def onReply(self, raw: bytes) -> None:
+        self.parent.child(self.index, raw)
+
+    def onFailure(self, raw: bytes) -> None:
+        self.parent.child(self.index, raw)
+
+
+class _Split(_Slot):
+    """
+    A command answered by several upstream commands (MGET, MSET, DEL and
+    the other summed ones, fan-out to every shard), combined as Envoy does.
+    """
+
+    __slots__ = ("kind", "parts", "remaining", "combine")
+
+    def __init__(self, owner: "RedisProxyFilter", stats: _CommandStats | None, count: int,
+                 combine: Any) -> None:
+        super().__init__(owner, stats)
+        self.parts: list[bytes | None] = [None] * count
+        self.remaining = count
+        self.combine = combine
+
+    def child(self, index: int, raw: bytes) -> None:
+        self.parts[index] = raw
+        self.remaining -= 1
+        if not self.remaining:
+            reply, ok = self.combine(self.parts)
+            self.complete(reply, ok)
+
+
+def _combineMget(parts: list[bytes]) -> tuple[bytes, bool]:
+    errors = 0
+    out = [b"*%d\r\n" % len(parts)]
+    for raw in parts:
+        kind = raw[0]
+        if kind == 36:  # $
+            out.append(raw)
+        elif kind == 45:  # -
+            errors += 1
+            out.append(raw)
+        else:
+            errors += 1
+            out.append(UPSTREAM_PROTOCOL_ERROR)
+    return b"".join(out), not errors
+
+
+def _combineOk(parts: list[bytes]) -> tuple[bytes, bool]:
+    errors = sum(1 for raw in parts if raw != OK)
+    if errors:
+        return _error(f"finished with {errors} error(s)"), False
+    return OK, True
+
+
+def _combineSum(parts: list[bytes]) -> tuple[bytes, bool]:
+    total = 0
+    errors = 0
+    for raw in parts:
+        if raw[0] == 58:  # :
+            total += int(raw[1:-2])
+        else:
+            errors += 1
+    if errors:
+        return _error(f"finished with {errors} error(s)"), False
+    return b":%d\r\n" % total, True
+
+
+def _combineArrays(parts: list[bytes]) -> tuple[bytes, bool]:
+    """
+    KEYS from every shard: one array of all the keys.
+    """
+    total = 0
+    bodies = []
+    for raw in parts:
+        if raw[0] != 42:  # *
+            return raw, False
+        eol = raw.index(b"\r\n")
+        count = int(raw[1:eol])
+        if count > 0:
+            total += count
+            bodies.append(raw[eol + 2:])
+    return b"*%d\r\n" % total + b"".join(bodies), True
+
+
+@implementer(IPushProducer)
+class _ReplyBackpressure:
+    """
+    Stops reading a client's commands while its replies are not being read.
+    """
+
+    def __init__(self, proxy: "RedisProxyFilter") -> None:
+        self.proxy = proxy
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.proxy.connection.readDisable(True)
+
+    def resumeProducing(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.proxy.connection.readDisable(False)
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class _Transaction:
+    """
+    A client's MULTI/EXEC state (Envoy's C{Transaction}): every command of
+    it runs on one dedicated connection to the server of its first key.
+    """
+
+    def __init__(self) -> None:
+        self.active = False
+        self.key: bytes | None = None
+        self.client: UpstreamClient | None = None
+        self.closeAfter = False
+
+    def reset(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        self.active = False
+        self.key = None
+        self.client = None
+        self.closeAfter = False
+
+
+@implementer(IReadFilter)
+class RedisProxyFilter:
+    """
+    The per-connection redis_proxy filter (terminal).
+    """
+
+    def __init__(self, shared: _Shared) -> None:
+        self.shared = shared
+        self.batch = shared.batch
+        self.reactor = shared.reactor
+        self.latencyScale = shared.latencyScale
+        self.connection: Any = None
+        self.dirty = False
+        self.db = 0
+        self.authenticated = not shared.config.authPasswords
+        self.transaction = _Transaction()
+        self.subscription: Any = None
+        self._queue: deque[_Slot] = deque()
+        self._decoder = makeDecoder(inline=True, fixErrors=False)
+        self._quitting = False
+        self._ended = False
+        self._readPaused = False
+        self._closed = False
+        self._blocking: dict[Any, UpstreamClient] = {}
+        #: A finished transaction's connection still awaiting replies.
+        self._draining: UpstreamClient | None = None
+
+    # -- read filter -----------------------------------------------------------
+
+    def initializeReadFilterCallbacks(self, callbacks: Any) -> None:
+        """
+        Count the connection and watch for its end.
+        """
+        self.connection = connection = callbacks.connection
+        connection.addConnectionCallback(self._connectionEvent)
+        shared = self.shared
+        shared.downstream_cx_total.value += 1
+        shared.downstream_cx_active.value += 1
+
+    def onNewConnection(self) -> FilterStatus:
+        """
+        Replies flow back under Twisted's flow control.
+        """
+        self.connection.registerProducer(_ReplyBackpressure(self), True)
+        return FilterStatus.CONTINUE
+
+    def onData(self, data: bytes, endStream: bool) -> FilterStatus:
+        """
+        Decode the commands in C{data} and start each of them.
+        """
+        shared = self.shared
+        batch = self.batch
+        if data and not self._quitting:
+            shared.downstream_cx_rx_bytes_total.value += len(data)
+            try:
+                requests = self._decoder.feed(data)
+            except ProtocolError as e:
+                shared.downstream_cx_protocol_error.value += 1
+                log.info("redis_proxy connection {id}: downstream protocol error: {error}",
+                         id=self.connection.id, error=str(e))
+                # Envoy closes without flushing, so its client never sees
+                # why; this one is written first (docs/redis_proxy.md).
+                self._quitting = True
+                self.connection.write(b"-downstream protocol error\r\n")
+                self.connection.close(CloseType.FLUSH_WRITE, "downstream protocol error")
+                return FilterStatus.STOP_ITERATION
+            if requests:
+                batch.now = self.reactor.seconds()
+                count = len(requests)
+                shared.downstream_rq_total.value += count
+                shared.downstream_rq_active.value += count
+                handle = self._handle
+                for request in requests:
+                    if self._quitting:
+                        shared.downstream_rq_active.value -= 1
+                        continue
+                    handle(request)
+                batch.end()
+                if len(self._queue) > MAX_PENDING_PER_CLIENT and not self._readPaused:
+                    self._readPaused = True
+                    self.connection.readDisable(True)
+        if endStream:
+            self._ended = True
+            if not self._queue:
+                self.connection.close(CloseType.FLUSH_WRITE, "")
+        return FilterStatus.STOP_ITERATION
+
+    def _connectionEvent(self, event: str) -> None:
+        if event not in ("remote_close", "local_close") or self._closed:
+            return
+        self._closed = True
+        shared = self.shared
+        shared.downstream_cx_active.value -= 1
+        shared.downstream_rq_active.value -= len(self._queue)
+        self._queue.clear()
+        self.transaction.reset()
+        for client in list(self._blocking.values()):
+            client.close()
+        self._blocking.clear()
+        if self.subscription is not None:
+            self.subscription.close()
+            self.subscription = None
+        self.batch.end()
+
+    # -- replies ---------------------------------------------------------------
+
+    def _local(self, reply: bytes, stats: _CommandStats | None = None, ok: bool = True) -> None:
+        """
+        Queue a reply made here, in order behind those still awaited.
+        """
+        slot = _Slot(self, stats)
+        self._queue.append(slot)
+        slot.complete(reply, ok)
+
+    def flushReplies(self) -> None:
+        """
+        Write every reply at the head of the queue that is known.
+        """
+        self.dirty = False
+        queue = self._queue
+        if self._closed or not queue or queue[0].reply is None:
+            return
+        out = []
+        quit = False
+        while queue and queue[0].reply is not None:
+            slot = queue.popleft()
+            out.append(slot.reply)
+            if slot.quit:
+                quit = True
+                break
+        shared = self.shared
+        shared.downstream_rq_active.value -= len(out)
+        data = out[0] if len(out) == 1 else b"".join(out)
+        shared.downstream_cx_tx_bytes_total.value += len(data)
+        self.connection.write(data)
+        if quit or (self._ended and not queue):
+            shared.downstream_rq_active.value -= len(queue)
+            queue.clear()
+            self.connection.close(CloseType.FLUSH_WRITE, "")
+        elif self._readPaused and len(queue) <= MAX_PENDING_PER_CLIENT // 2:
+            self._readPaused = False
+            self.connection.readDisable(False)
+
+    # -- commands ----------------------------------------------------------------
+
+    def _handle(self, request: Any) -> None:
+        shared = self.shared
+        if type(request) is not list or not request or type(request[0]) is not bytes:
+            shared.invalid_request.value += 1
+            self._local(INVALID_REQUEST)
+            return
+        entry = shared.lookup(request[0])
+        if entry is None:
+            shared.unsupported_command.value += 1
+            first = request[1] if len(request) > 1 and type(request[1]) is bytes else b""
+            self._local(b"-ERR unknown command '" + request[0]
+                        + b"', with args beginning with: " + first + b"\r\n")
+            return
+        kind = entry.kind
+        if kind == _AUTH:
+            self._auth(request)
+            return
+        if kind == _HELLO:
+            self._hello(request)
+            return
+        if not self.authenticated:
+            self._local(AUTH_REQUIRED)
+            return
+        if self.subscription is not None and kind not in (_SUBSCRIBE, _PING, _QUIT):
+            self._local(_error(
+                f"ERR Can't execute '{entry.name}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE"
+                " / PING / QUIT / RESET are allowed in this context"))
+            return
+        if kind >= _PING and kind <= _QUIT:
+            self._localCommand(kind, request)
+            return
+        for arg in request:
+            if type(arg) is not bytes:
+                shared.invalid_request.value += 1
+                self._local(INVALID_REQUEST)
+                return
+        if len(request) < 2 and kind not in (_TXN, _FAN_OUT, _SUBSCRIBE):
+            shared.invalid_request.value += 1
+            self._local(INVALID_REQUEST)
+            return
+        stats = entry.stats
+        if self.transaction.active and kind != _TXN:
+            if kind != _SIMPLE:
+                stats.error.value += 1  # type: ignore[union-attr]
+                self._local(b"-'" + request[0] + b"' command is not supported within transaction\r\n")
+                return
+        if shared.faults or shared.faultsForAll:
+            fault = shared.faultFor(entry.name)
+        else:
+            fault = None
+        stats.total.value += 1  # type: ignore[union-attr]
+        if fault is not None and fault.errorFault:
+            stats.error_fault.value += 1  # type: ignore[union-attr]
+            slot = _Slot(self, stats)
+            slot.delay = fault.delay
+            self._queue.append(slot)
+            slot.complete(FAULT_ERROR, False)
+            return
+        if kind == _SIMPLE and not self.transaction.active:
+            slot = self._simple(request, entry, 1)
+        elif kind == _TXN or self.transaction.active:
+            slot = self._transactionCommand(request, entry)
+        elif kind == _EVAL:
+            if len(request) < 4:
+                stats.error.value += 1  # type: ignore[union-attr]
+                self._local(b"-wrong number of arguments for '" + request[0]
+                            + b"' command\r\n")
+                return
+            slot = self._simple(request, entry, 3)
+        elif kind == _MGET:
+            slot = self._split(request, entry, b"GET", 1, _combineMget)
+        elif kind == _MSET:
+            if (len(request) - 1) % 2:
+                stats.error.value += 1  # type: ignore[union-attr]
+                self._local(b"-wrong number of arguments for '" + request[0]
+                            + b"' command\r\n")
+                return
+            slot = self._split(request, entry, b"SET", 2, _combineOk)
+        elif kind == _SUM:
+            slot = self._split(request, entry, request[0], 1, _combineSum)
+        elif kind == _SELECT:
+            slot = self._select(request, entry)
+        elif kind == _BLOCKING:
+            slot = self._blockingCommand(request, entry)
+        elif kind == _FAN_OUT:
+            slot = self._fanOut(request, entry)
+        else:
+            slot = self._subscribe(request, entry)
+        if slot is not None and fault is not None and fault.delay:
+            slot.delay = fault.delay
+
+    def _auth(self, request: list[bytes]) -> None:
+        """
+        Envoy's local AUTH: 1 argument is a password, 2 are a username and
+        a password.
+        """
+        config = self.shared.config
+        if len(request) < 2 or len(request) > 3:
+            self.shared.invalid_request.value += 1
+            self._local(INVALID_REQUEST)
+            return
+        passwords = config.authPasswords
+        if len(request) == 2:
+            if not passwords:
+                self._local(b"-ERR Client sent AUTH, but no password is set\r\n")
+            elif request[1] in passwords and not config.authUsername:
+                self.authenticated = True
+                self._local(OK)
+            elif request[1] in passwords:
+                # With a username configured Envoy still takes a bare
+                # password (it checks the password list only).
+                self.authenticated = True
+                self._local(OK)
+            else:
+                self.authenticated = False
+                self._local(b"-ERR invalid password\r\n")
+            return
+        username, password = request[1], request[2]
+        if not config.authUsername and not passwords:
+            self._local(b"-ERR Client sent AUTH, but no username-password pair is set\r\n")
+        elif not config.authUsername and username == b"default":
+            self._auth([request[0], password])
+        elif username == config.authUsername and password in passwords:
+            self.authenticated = True
+            self._local(OK)
+        else:
+            self.authenticated = False
+            self._local(b"-WRONGPASS invalid username-password pair\r\n")
+
+    def _localCommand(self, kind: int, request: list[bytes]) -> None:
+        if kind == _PING:
+            if self.subscription is not None:
+                self._local(b"*2\r\n$4\r\npong\r\n" + encode(request[1] if len(request) > 1
+                                                            else b""))
+            else:
+                self._local(PONG)
+        elif kind == _ECHO:
+            if len(request) != 2:
+                self.shared.invalid_request.value += 1
+                self._local(INVALID_REQUEST)
+            else:
+                self._local(encode(request[1]))
+        elif kind == _TIME:
+            now = time.time()
+            self._local(encode([b"%d" % int(now), b"%d" % int(now * 1_000_000)]))
+        else:
+            self._quitting = True
+            slot = _Slot(self, None)
+            slot.quit = True
+            self._queue.append(slot)
+            slot.complete(OK, True)
+
+    def _hello(self, request: list[bytes]) -> None:
+        """
+        HELLO (pyenvoy only; Envoy answers "unknown command"): RESP2 is
+        all the proxy speaks, so HELLO 3 gets Redis's NOPROTO and clients
+        stay on RESP2.  C{AUTH} inside HELLO is the proxy's AUTH.
+        """
+        args = request[1:]
+        if args:
+            try:
+                version = int(args[0])
+            except ValueError:
+                version = 0
+            if version != 2:
+                self._local(b"-NOPROTO sorry, this protocol version is not supported\r\n")
+                return
+            args = args[1:]
+        while args:
+            option = args[0].lower()
+            if option == b"auth" and len(args) >= 3:
+                if self.shared.config.authPasswords:
+                    before = len(self._queue)
+                    self._auth([b"AUTH", args[1], args[2]])
+                    if self._queue[-1].reply != OK:
+                        return
+                    # The AUTH reply is not HELLO's: drop it.
+                    while len(self._queue) > before:
+                        self._queue.pop()
+                args = args[3:]
+            elif option == b"setname" and len(args) >= 2:
+                args = args[2:]
+            else:
+                self._local(b"-ERR Syntax error in HELLO option '" + args[0] + b"'\r\n")
+                return
+        if not self.authenticated:
+            self._local(AUTH_REQUIRED)
+            return
+        self._local(encode([b"server", b"pyenvoy", b"version", b"0", b"proto", 2, b"id",
+                            self.connection.id, b"mode", b"standalone", b"role", b"master",
+                            b"modules", []]))
+
+    def _routeKey(self, request: list[bytes], index: int) -> tuple[Any, bytes]:
+        """
+        The route of the key at C{request[index]}, with the key rewritten
+        in C{request} when the route removes its prefix.
+        """
+        key = request[index]
+        route = self.shared.route(key)
+        if route is not None and route.removePrefix and route.prefix:
+            key = key[len(route.prefix):]
+            request[index] = key
+        return route, key
+
+    def _mirror(self, route: _RuntimeRoute, entry: _Command, key: bytes, data: bytes) -> None:
+        shared = self.shared
+        for pool, policy in route.mirrors:
+            if policy.excludeReadCommands and not entry.isWrite:
+                continue
+            if policy.percent < 100 and shared.random.random() * 100 >= policy.percent:
+                continue
+            client = pool.clientForKey(key, self.db)
+            if client is not None:
+                client.send(data, IGNORE)
+
+    def _simple(self, request: list[bytes], entry: _Command, keyIndex: int) -> _Slot | None:
+        route, key = self._routeKey(request, keyIndex)
+        client = route.pool.clientForKey(key, self.db) if route is not None else None
+        draining = self._draining
+        if (draining is not None and client is not None and client.host is draining.host
+                and client.pool is draining.pool and not draining.closed):
+            client = draining
+        if client is None:
+            entry.stats.error.value += 1  # type: ignore[union-attr]
+            self._local(NO_UPSTREAM_HOST)
+            return None
+        data = encodeCommand(request)
+        slot = _Slot(self, entry.stats)
+        self._queue.append(slot)
+        if self.shared.config.enableRedirection:
+            slot.request = data
+            slot.pool = route.pool
+        client.send(data, slot)
+        if route.mirrors:
+            self._mirror(route, entry, key, data)
+        return slot
+
+    def _split(self, request: list[bytes], entry: _Command, command: bytes, step: int,
+               combine: Any) -> _Slot:
+        count = (len(request) - 1) // step
+        slot = _Split(self, entry.stats, count, combine)
+        self._queue.append(slot)
+        db = self.db
+        for i in range(count):
+            index = 1 + i * step
+            route, key = self._routeKey(request, index)
+            client = route.pool.clientForKey(key, db) if route is not None else None
+            part = _Part(slot, i)
+            if client is None:
+                part.onFailure(NO_UPSTREAM_HOST)
+                continue
+            data = encodeCommand([command] + request[index:index + step])
+            client.send(data, part)
+            if route.mirrors:
+                self._mirror(route, entry, key, data)
+        return slot
+
+    # -- redirection -----------------------------------------------------------------
+
+    def redirect(self, slot: _Slot, raw: bytes) -> bool:
+        """
+        Follow a C{MOVED} or C{ASK} error (C{enable_redirection}): resend
+        the command to the node it names.  C{False} passes the error on.
+        """
+        if raw.startswith(b"-MOVED "):
+            asking = False
+        elif raw.startswith(b"-ASK "):
+            asking = True
+        else:
+            return False
+        parts = raw[1:-2].split(b" ")
+        if len(parts) != 3 or slot.pool is None:
+            return False
+        pool = slot.pool
+        host = pool.hostForAddress(parts[2].decode("ascii", "replace"),
+                                   self.shared.config.maxUpstreamUnknownConnections)
+        if host is None:
+            return False
+        client = pool.clientForHost(host, self.db)
+        request, slot.request = slot.request, None
+        if asking:
+            client.send(b"*1\r\n$6\r\nASKING\r\n", IGNORE)
+        client.send(request, slot)  # type: ignore[arg-type]
+        return True
+
+    # -- transactions ------------------------------------------------------------------
+
+    def _transactionCommand(self, request: list[bytes], entry: _Command) -> _Slot | None:
+        """
+        Envoy's TransactionRequest: MULTI is answered here until the first
+        keyed command opens the transaction's connection (sending MULTI
+        ahead of it); EXEC/DISCARD end it.
+        """
+        txn = self.transaction
+        name = entry.name
+        stats = entry.stats
+        if name == "multi":
+            if txn.active:
+                self._local(b"-MULTI calls can not be nested\r\n", stats, False)
+                return None
+            txn.active = True
+            if txn.key is None:
+                self._local(OK, stats)
+                return None
+        elif name in ("exec", "discard"):
+            if not txn.active:
+                self._local(_error(f"{name.upper()} without MULTI"), stats, False)
+                return None
+            if txn.key is None:
+                self._local(EMPTY_ARRAY if name == "exec" else OK, stats)
+                txn.reset()
+                return None
+            txn.closeAfter = True
+        if name == "watch" and not txn.active:
+            txn.key = request[1]
+        if txn.key is None:
+            if name == "unwatch":
+                self._local(QUEUED if txn.active else OK, stats)
+                return None
+            txn.key = request[1]
+        if txn.client is None or txn.client.closed:
+            route, key = self._routeKey([b"", txn.key], 1)
+            host = route.pool.hostForKey(key) if route is not None else None
+            if host is None:
+                stats.error.value += 1  # type: ignore[union-attr]
+                self._local(NO_UPSTREAM_HOST)
+                return None
+            txn.client = route.pool.dedicatedClient(host, self.db,
+                                                    onClose=self._transactionClientClosed)
+            if txn.active and name != "multi":
+                txn.client.send(b"*1\r\n$5\r\nMULTI\r\n", IGNORE)
+        client = txn.client
+        slot = _Slot(self, stats)
+        self._queue.append(slot)
+        client.send(encodeCommand(request), slot)
+        if txn.closeAfter or (name == "unwatch" and not txn.active):
+            # The transaction is over once this is sent.  Its connection
+            # closes once no reply is awaited (Envoy closes it when nothing
+            # is pending); until then commands for its server go on it too,
+            # so a GET pipelined after EXEC runs after the EXEC.
+            client.closeWhenIdle = True
+            self._draining = client
+            txn.active = False
+            txn.key = None
+            txn.client = None
+            txn.closeAfter = False
+        return slot
+
+    def _transactionClientClosed(self, client: UpstreamClient) -> None:
+        if self._draining is client:
+            self._draining = None
+
+    # -- pyenvoy additions -------------------------------------------------------------------
+
+    def _select(self, request: list[bytes], entry: _Command) -> None:
+        """
+        SELECT for this client only: its commands go to connections that
+        have selected the same database, never to another client's.
+        """
+        if len(request) != 2:
+            self._local(b"-ERR wrong number of arguments for 'select' command\r\n",
+                        entry.stats, False)
+            return None
+        try:
+            db = int(request[1])
+        except ValueError:
+            db = -1
+        if db < 0:
+            self._local(b"-ERR value is not an integer or out of range\r\n", entry.stats, False)
+            return None
+        if self.transaction.client is not None:
+            self._local(b"-ERR SELECT is not supported within a transaction\r\n",
+                        entry.stats, False)
+            return None
+        self.db = db
+        self._local(OK, entry.stats)
+        return None
+
+    def _blockingCommand(self, request: list[bytes], entry: _Command) -> _Slot | None:
+        """
+        BLPOP and friends: on this client's own connection to the key's
+        server, so a blocked command holds up nobody else; no op_timeout
+        (the command carries its own).
+        """
+        route, key = self._routeKey(request, 1)
+        host = route.pool.hostForKey(key) if route is not None else None
+        if host is None:
+            entry.stats.error.value += 1  # type: ignore[union-attr]
+            self._local(NO_UPSTREAM_HOST)
+            return None
+        slotKey = (id(route.pool), host, self.db)
+        client = self._blocking.get(slotKey)
+        if client is None or client.closed:
+            client = route.pool.dedicatedClient(host, self.db, opTimeout=False)
+            self._blocking[slotKey] = client
+        slot = _Slot(self, entry.stats)
+        self._queue.append(slot)
+        client.send(encodeCommand(request), slot)
+        return slot
+
+    def _fanOut(self, request: list[bytes], entry: _Command) -> _Slot | None:
+        """
+        KEYS, SCAN, DBSIZE, FLUSHDB, FLUSHALL over every shard of the
+        route's cluster (the catch-all route, or the route of KEYS's
+        pattern / SCAN's MATCH).
+        """
+        name = entry.name
+        route = self.shared.catchAll
+        if name == "keys":
+            if len(request) != 2:
+                self._local(b"-ERR wrong number of arguments for 'keys' command\r\n",
+                            entry.stats, False)
+                return None
+            route = self.shared.route(request[1])
+        if name == "scan":
+            return self._scan(request, entry)
+        if route is None:
+            entry.stats.error.value += 1  # type: ignore[union-attr]
+            self._local(NO_UPSTREAM_HOST)
+            return None
+        hosts = route.pool.hosts()
+        if not hosts:
+            entry.stats.error.value += 1  # type: ignore[union-attr]
+            self._local(NO_UPSTREAM_HOST)
+            return None
+        combine = {"keys": _combineArrays, "dbsize": _combineSum}.get(name, _combineOk)
+        slot = _Split(self, entry.stats, len(hosts), combine)
+        self._queue.append(slot)
+        data = encodeCommand(request)
+        for i, host in enumerate(hosts):
+            route.pool.clientForHost(host, self.db).send(data, _Part(slot, i))
+        return slot
+
+    def _scan(self, request: list[bytes], entry: _Command) -> _Slot | None:
+        """
+        SCAN over every shard in turn: the cursor a client sees is
+        C{shardCursor * shards + shardIndex}.
+        """
+        if len(request) < 2:
+            self._local(b"-ERR wrong number of arguments for 'scan' command\r\n",
+                        entry.stats, False)
+            return None
+        route = self.shared.catchAll
+        for i in range(2, len(request) - 1):
+            if request[i].lower() == b"match":
+                route = self.shared.route(request[i + 1])
+        hosts = route.pool.hosts() if route is not None else []
+        if not hosts:
+            entry.stats.error.value += 1  # type: ignore[union-attr]
+            self._local(NO_UPSTREAM_HOST)
+            return None
+        try:
+            cursor = int(request[1])
+        except ValueError:
+            cursor = -1
+        if cursor < 0:
+            self._local(b"-ERR invalid cursor\r\n", entry.stats, False)
+            return None
+        shards = len(hosts)
+        index, shardCursor = cursor % shards, cursor // shards
+        upstream = list(request)
+        upstream[1] = b"%d" % shardCursor
+        slot = _Slot(self, entry.stats)
+        self._queue.append(slot)
+        slot.after = _ScanCursor(index, shards)
+        route.pool.clientForHost(hosts[index], self.db).send(encodeCommand(upstream), slot)
+        return slot
+
+    def _subscribe(self, request: list[bytes], entry: _Command) -> _Slot | None:
+        from pyenvoy.filters.redis_proxy.pubsub import Subscription
+        if self.subscription is None:
+            if entry.name in ("unsubscribe", "punsubscribe"):
+                # Not subscribed to anything: Redis's reply, made here.
+                self._local(encode([entry.name.encode(), None, 0]), entry.stats)
+                return None
+            route = self.shared.catchAll or (self.shared.routes[0] if self.shared.routes
+                                             else None)
+            if route is None:
+                self._local(NO_UPSTREAM_HOST)
+                return None
+            self.subscription = Subscription(self, route.pool, self.shared)
+        self.subscription.command(request, entry)
+        return None
+
+    def subscriptionEnded(self) -> None:
+        """
+        The client left pub/sub mode (no channel or pattern left).
+        """
+        self.subscription = None
+
+    def pushReply(self, raw: bytes) -> None:
+        """
+        Write a pub/sub message (or confirmation) to the client, behind any
+        reply still awaited.
+        """
+        self._local(raw)
+
+
+class _ScanCursor:
+    """
+    Rewrites a shard's SCAN reply: its cursor becomes the client-visible one.
+    """
+
+    __slots__ = ("index", "shards")
+
+    def __init__(self, index: int, shards: int) -> None:
+        self.index = index
+        self.shards = shards
+
+    def __call__(self, slot: _Slot, raw: bytes) -> bytes | None:
+        if not raw.startswith(b"*2\r\n$"):
+            return None
+        eol = raw.index(b"\r\n", 4)
+        length = int(raw[5:eol])
+        cursor = int(raw[eol + 2:eol + 2 + length])
+        rest = raw[eol + 4 + length:]
+        if cursor == 0:
+            nextCursor = self.index + 1 if self.index + 1 < self.shards else 0
+        else:
+            nextCursor = cursor * self.shards + self.index
+        text = b"%d" % nextCursor
+        return b"*2\r\n$%d\r\n%s\r\n" % (len(text), text) + rest

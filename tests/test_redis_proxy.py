@@ -1,0 +1,569 @@
+"""
+Integration tests for redis_proxy: real redis-servers, the proxy in this
+process, and real clients (redis-py in a thread, txredisapi on the
+reactor, redis-cli and redis-benchmark as processes) over loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from pyenvoy.config import load
+
+from tests.support.net import listen, listenerPort, startServer, stat
+from tests.support.redis import (
+    PROTOCOL_OPTIONS, inThread, redisCli, redisProxyConfig, shardCluster, startRedisServers)
+
+
+def _client(port: int, **kwargs: Any) -> Any:
+    import redis
+
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=10, protocol=2, **kwargs)
+
+
+def _rawExchange(port: int, data: bytes, expectClose: bool = False, wait: float = 5.0) -> bytes:
+    """
+    Send raw bytes, read until the peer closes or C{wait} passes without data.
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(data)
+        chunks = []
+        end = time.monotonic() + wait
+        s.settimeout(0.5 if not expectClose else wait)
+        while time.monotonic() < end:
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                if not expectClose:
+                    break
+                continue
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+class ShardingTests(TestCase):
+    """
+    Keys spread over real shards; split commands; ordering.
+    """
+
+    timeout = 120
+
+    async def setUp(self) -> None:
+        self.shards = await startRedisServers(self, 3)
+        self.server = startServer(self, redisProxyConfig([s.port for s in self.shards]))
+        self.port = listenerPort(self.server)
+
+    async def test_keysSpreadOverEveryShard(self) -> None:
+        """
+        300 keys set through the proxy land on all three shards, each on
+        exactly one, and read back through the proxy.
+        """
+        keys = [f"user:{i}".encode() for i in range(300)]
+
+        def run() -> list[Any]:
+            client = _client(self.port)
+            for key in keys:
+                client.set(key, key + b"!")
+            return [client.get(key) for key in keys]
+
+        values = await inThread(run)
+        self.assertEqual(values, [k + b"!" for k in keys])
+        held = [await inThread(s.keys) for s in self.shards]
+        for shardKeys in held:
+            self.assertGreater(len(shardKeys), 30)
+        self.assertEqual(sum(len(h) for h in held), 300)
+        self.assertEqual(set().union(*held), set(keys))
+        self.assertEqual(stat(self.server, "redis.test.command.set.total"), 300)
+        self.assertEqual(stat(self.server, "redis.test.command.get.success"), 300)
+        # redis-py also sends CLIENT SETINFO twice per connection.
+        self.assertEqual(stat(self.server, "redis.test.downstream_rq_total"), 602)
+        self.assertEqual(stat(self.server, "redis.test.splitter.unsupported_command"), 2)
+        self.assertEqual(stat(self.server, "redis.test.downstream_rq_active"), 0)
+
+    async def test_crossShardMultiKey(self) -> None:
+        """
+        MSET/MGET/DEL/EXISTS over keys on different shards are split and
+        reassembled as Envoy does.
+        """
+        mapping = {f"k{i}": f"v{i}" for i in range(40)}
+
+        def run() -> tuple[Any, ...]:
+            client = _client(self.port)
+            ok = client.mset(mapping)
+            values = client.mget(list(mapping) + ["missing"])
+            exists = client.exists(*mapping, "missing")
+            deleted = client.delete(*list(mapping)[:25], "missing")
+            left = client.exists(*mapping)
+            return ok, values, exists, deleted, left
+
+        ok, values, exists, deleted, left = await inThread(run)
+        self.assertTrue(ok)
+        self.assertEqual(values, [v.encode() for v in mapping.values()] + [None])
+        self.assertEqual((exists, deleted, left), (40, 25, 15))
+        held = [await inThread(s.keys) for s in self.shards]
+        self.assertTrue(all(h for h in held), "MSET did not reach every shard")
+        self.assertEqual(stat(self.server, "redis.test.command.mget.success"), 1)
+        self.assertEqual(stat(self.server, "redis.test.command.mset.total"), 1)
+
+    async def test_pipelineKeepsOrder(self) -> None:
+        """
+        A pipeline of 600 commands over every shard, with local commands
+        mixed in, gets its replies in request order.
+        """
+        def run() -> list[Any]:
+            client = _client(self.port)
+            pipe = client.pipeline(transaction=False)
+            for i in range(100):
+                pipe.set(f"p{i}", i)
+                pipe.incr(f"p{i}")
+                pipe.ping()
+                pipe.get(f"p{i}")
+                pipe.echo(f"e{i}")
+                pipe.mget(f"p{i}", f"p{(i + 1) % 100}")
+            return pipe.execute()
+
+        results = await inThread(run)
+        self.assertEqual(len(results), 600)
+        for i in range(100):
+            row = results[i * 6:(i + 1) * 6]
+            self.assertEqual(row[:5], [True, i + 1, True, str(i + 1).encode(), f"e{i}".encode()])
+            self.assertEqual(row[5][0], str(i + 1).encode())
+
+    async def test_envoyErrors(self) -> None:
+        """
+        Envoy's exact replies: unknown command, invalid request, wrong
+        number of arguments, and the local PING/ECHO/TIME.
+        """
+        reply = await inThread(
+            _rawExchange, self.port,
+            b"FOO bar\r\n*1\r\n$3\r\nGET\r\n*2\r\n$4\r\nMSET\r\n$1\r\na\r\n"
+            b"PING\r\nECHO hi\r\nECHO\r\n*2\r\n$3\r\nGET\r\n:1\r\n")
+        self.assertEqual(
+            reply,
+            b"-ERR unknown command 'FOO', with args beginning with: bar\r\n"
+            b"-invalid request\r\n"
+            b"-wrong number of arguments for 'MSET' command\r\n"
+            b"+PONG\r\n$2\r\nhi\r\n-invalid request\r\n-invalid request\r\n")
+        self.assertEqual(stat(self.server, "redis.test.splitter.unsupported_command"), 1)
+        self.assertEqual(stat(self.server, "redis.test.splitter.invalid_request"), 3)
+        self.assertEqual(stat(self.server, "redis.test.command.mset.error"), 1)
+        seconds, micros = await inThread(lambda: _client(self.port).time())
+        self.assertLess(abs(seconds - time.time()), 5)
+
+    async def test_protocolErrorClosesOnlyThatClient(self) -> None:
+        """
+        Bytes that are not RESP close that client (after Envoy's reply)
+        and count downstream_cx_protocol_error; other clients go on.
+        """
+        reply = await inThread(_rawExchange, self.port, b"*x\r\n", True)
+        self.assertEqual(reply, b"-downstream protocol error\r\n")
+        self.assertEqual(stat(self.server, "redis.test.downstream_cx_protocol_error"), 1)
+        self.assertTrue(await inThread(lambda: _client(self.port).set("still", "up")))
+
+    async def test_quit(self) -> None:
+        """
+        QUIT answers +OK after the replies before it, then closes.
+        """
+        reply = await inThread(_rawExchange, self.port,
+                               b"SET q 1\r\nGET q\r\nQUIT\r\nGET q\r\n", True)
+        self.assertEqual(reply, b"+OK\r\n$1\r\n1\r\n+OK\r\n")
+
+    async def test_txredisapi(self) -> None:
+        """
+        txredisapi (a Twisted client) sets and reads keys on every shard.
+        """
+        import txredisapi
+
+        connection = await txredisapi.Connection("127.0.0.1", self.port, reconnect=False,
+                                                 convertNumbers=False)
+        try:
+            for i in range(30):
+                await connection.set(f"tx{i}", str(i))
+            values = await connection.mget([f"tx{i}" for i in range(30)])
+        finally:
+            await connection.disconnect()
+        self.assertEqual(values, [str(i) for i in range(30)])
+
+    async def test_redisCliAndBenchmark(self) -> None:
+        """
+        redis-cli works through the proxy, and redis-benchmark runs clean
+        (every request answered, no error reply).
+        """
+        out, code = await redisCli(self, self.port, "SET", "cli", "value")
+        self.assertEqual((out.strip(), code), (b"OK", 0))
+        out, code = await redisCli(self, self.port, "GET", "cli")
+        self.assertEqual(out.strip(), b"value")
+        out, err, code = await getProcessOutputAndValue(
+            "redis-benchmark", ["-h", "127.0.0.1", "-p", str(self.port), "-t", "set,get,mset",
+                                "-n", "2000", "-c", "10", "-P", "4", "-r", "1000", "--csv"],
+            env={"PATH": "/usr/bin:/bin"})
+        self.assertEqual(code, 0, err)
+        rows = [line.split(b",")[0] for line in out.splitlines()[1:]]
+        self.assertEqual(rows, [b'"SET"', b'"GET"', b'"MSET (10 keys)"'])
+        self.assertEqual(stat(self.server, "redis.test.command.set.error"), 0)
+        self.assertGreaterEqual(stat(self.server, "redis.test.command.get.success"), 2000)
+
+
+class ExtensionTests(TestCase):
+    """
+    What pyenvoy adds to Envoy's redis_proxy: pub/sub, blocking commands,
+    per-client SELECT, fan-out commands.
+    """
+
+    timeout = 120
+
+    async def setUp(self) -> None:
+        self.shards = await startRedisServers(self, 3)
+        self.server = startServer(self, redisProxyConfig([s.port for s in self.shards]))
+        self.port = listenerPort(self.server)
+
+    async def test_pubsub(self) -> None:
+        """
+        A client subscribed to channels on every shard and to a pattern
+        gets each message PUBLISHed through the proxy, with Redis's counts.
+        """
+        channels = [f"news.{i}" for i in range(6)]
+
+        # The client object must outlive the test: redis-py closes its
+        # connections (the pub/sub one too) when it is collected.
+        self.subscriber = client = _client(self.port)
+
+        def subscribe() -> tuple[Any, list[Any]]:
+            pubsub = client.pubsub()
+            pubsub.subscribe(*channels)
+            pubsub.psubscribe("news.*")
+            confirmations = []
+            end = time.monotonic() + 10
+            while len(confirmations) < 7 and time.monotonic() < end:
+                message = pubsub.get_message(timeout=1)
+                if message is not None:
+                    confirmations.append(message)
+            return pubsub, confirmations
+
+        pubsub, confirmations = await inThread(subscribe)
+        self.assertEqual(sorted(m["data"] for m in confirmations), list(range(1, 8)))
+
+        def publish() -> list[int]:
+            client = _client(self.port)
+            return [client.publish(c, f"hello {c}") for c in channels]
+
+        receivers = await inThread(publish)
+        self.assertEqual(receivers, [2] * 6)
+
+        def receive() -> list[Any]:
+            got = []
+            end = time.monotonic() + 10
+            while len(got) < 12 and time.monotonic() < end:
+                message = pubsub.get_message(timeout=1)
+                if message is not None:
+                    got.append(message)
+            pubsub.close()
+            return got
+
+        got = await inThread(receive)
+        direct = sorted((m["channel"], m["data"]) for m in got if m["type"] == "message")
+        viaPattern = sorted((m["channel"], m["data"]) for m in got if m["type"] == "pmessage")
+        expected = sorted((c.encode(), f"hello {c}".encode()) for c in channels)
+        self.assertEqual(direct, expected)
+        self.assertEqual(viaPattern, expected)
+
+    async def test_blockingCommandHoldsNobody(self) -> None:
+        """
+        BLPOP waits on its own connection: other clients' commands to the
+        same shard are answered meanwhile, and the pushed value arrives.
+        """
+        def blpop() -> Any:
+            return _client(self.port).blpop("queue", timeout=10)
+
+        waiting = inThread(blpop)
+        await deferLater(reactor, 0.3, lambda: None)
+        started = time.monotonic()
+        for i in range(20):
+            self.assertTrue(await inThread(lambda: _client(self.port).set("queue-side", i)))
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertFalse(waiting.called)
+        await inThread(lambda: _client(self.port).rpush("queue", "job"))
+        self.assertEqual(await waiting, (b"queue", b"job"))
+
+    async def test_selectIsPerClient(self) -> None:
+        """
+        A client's SELECT does not leak to other clients sharing the
+        upstream connections.
+        """
+        def run() -> tuple[Any, ...]:
+            other = _client(self.port)
+            selected = _client(self.port, db=3)
+            selected.set("shared-name", "in db 3")
+            other.set("shared-name", "in db 0")
+            return selected.get("shared-name"), other.get("shared-name")
+
+        inDb3, inDb0 = await inThread(run)
+        self.assertEqual((inDb3, inDb0), (b"in db 3", b"in db 0"))
+        found = [await inThread(lambda s=s: s.client(db=3).get("shared-name"))
+                 for s in self.shards]
+        self.assertEqual([v for v in found if v is not None], [b"in db 3"])
+
+    async def test_fanOut(self) -> None:
+        """
+        KEYS, SCAN (full iteration), DBSIZE and FLUSHDB cover every shard.
+        """
+        names = {f"f{i}".encode() for i in range(120)}
+
+        def run() -> tuple[Any, ...]:
+            client = _client(self.port)
+            for name in names:
+                client.set(name, 1)
+            keys = set(client.keys("f*"))
+            scanned = set(client.scan_iter(count=7))
+            size = client.dbsize()
+            client.flushdb()
+            return keys, scanned, size, client.dbsize()
+
+        keys, scanned, size, after = await inThread(run)
+        self.assertEqual(keys, names)
+        self.assertEqual(scanned, names)
+        self.assertEqual((size, after), (120, 0))
+
+    async def test_transaction(self) -> None:
+        """
+        MULTI/EXEC runs on the first key's shard; a command pipelined
+        after EXEC sees its result.
+        """
+        def run() -> tuple[Any, ...]:
+            client = _client(self.port)
+            pipe = client.pipeline(transaction=True)
+            pipe.set("{acct}:a", 10)
+            pipe.incrby("{acct}:a", 5)
+            pipe.set("{acct}:b", 1)
+            result = pipe.execute()
+            return result, client.get("{acct}:a")
+
+        result, value = await inThread(run)
+        self.assertEqual((result, value), ([True, 15, True], b"15"))
+        self.assertEqual(stat(self.server, "redis.test.command.exec.total"), 1)
+
+
+class AuthTests(TestCase):
+    """
+    Downstream AUTH by the proxy and upstream AUTH to the shards.
+    """
+
+    timeout = 120
+
+    async def test_downstreamAuth(self) -> None:
+        """
+        Envoy's local AUTH: NOAUTH first, wrong password refused, right one
+        (and 'default' username) admitted.
+        """
+        shards = await startRedisServers(self, 2)
+        server = startServer(self, redisProxyConfig(
+            [s.port for s in shards],
+            proxy={"downstream_auth_passwords": [{"inline_string": "s3cret"}]}))
+        port = listenerPort(server)
+        reply = await inThread(
+            _rawExchange, port,
+            b"GET a\r\nAUTH nope\r\nAUTH s3cret\r\nSET a 1\r\nAUTH bob s3cret\r\n"
+            b"AUTH default s3cret\r\nGET a\r\n")
+        self.assertEqual(
+            reply,
+            b"-NOAUTH Authentication required.\r\n-ERR invalid password\r\n+OK\r\n+OK\r\n"
+            b"-WRONGPASS invalid username-password pair\r\n+OK\r\n$1\r\n1\r\n")
+
+    async def test_upstreamAuth(self) -> None:
+        """
+        The cluster's RedisProtocolOptions password authenticates every
+        upstream connection.
+        """
+        shards = await startRedisServers(self, 2, password="up-pw")
+        options = {"envoy.filters.network.redis_proxy": {
+            "@type": PROTOCOL_OPTIONS, "auth_password": {"inline_string": "up-pw"}}}
+        server = startServer(self, redisProxyConfig(
+            [s.port for s in shards], cluster={"typed_extension_protocol_options": options}))
+        port = listenerPort(server)
+
+        def run() -> list[Any]:
+            client = _client(port)
+            for i in range(20):
+                client.set(f"a{i}", i)
+            return client.mget([f"a{i}" for i in range(20)])
+
+        self.assertEqual(await inThread(run), [str(i).encode() for i in range(20)])
+        held = [await inThread(s.keys) for s in shards]
+        self.assertTrue(all(held))
+
+
+class FailureTests(TestCase):
+    """
+    Shards going away, timeouts, faults, redirection.
+    """
+
+    timeout = 120
+
+    async def test_shardKilled(self) -> None:
+        """
+        With one shard down its keys fail with Envoy's error while the
+        other shard's keys keep working; back up, its keys work again.
+        """
+        shards = await startRedisServers(self, 2)
+        server = startServer(self, redisProxyConfig([s.port for s in shards]))
+        port = listenerPort(server)
+        keys = [f"s{i}" for i in range(60)]
+        await inThread(lambda: [_client(port).set(k, 1) for k in keys])
+        onFirst = {k.encode() for k in keys} & await inThread(shards[0].keys)
+        self.assertTrue(onFirst)
+        shards[0].stop()
+
+        def probe() -> dict[str, Any]:
+            import redis
+
+            client = _client(port)
+            out = {}
+            for k in keys:
+                try:
+                    out[k] = client.get(k)
+                except redis.ResponseError as e:
+                    out[k] = str(e)
+            return out
+
+        results = await inThread(probe)
+        for k in keys:
+            if k.encode() in onFirst:
+                self.assertIn(results[k], ("upstream failure", "no upstream host"))
+            else:
+                self.assertEqual(results[k], b"1")
+        await shards[0].start()
+        again = await inThread(probe)
+        self.assertEqual({k for k, v in again.items() if v is None}, {k.decode() for k in onFirst})
+        self.assertTrue(all(v == b"1" for k, v in again.items() if k.encode() not in onFirst))
+
+    async def test_opTimeout(self) -> None:
+        """
+        An upstream that never answers fails the command with 'upstream
+        failure' after op_timeout and counts upstream_rq_timeout.
+        """
+        class Silent(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                pass
+
+        silentPort = listen(self, Silent)
+        server = startServer(self, redisProxyConfig(
+            [silentPort], proxy={"settings": {"op_timeout": "0.4s"}}))
+        port = listenerPort(server)
+        started = time.monotonic()
+        reply = await inThread(_rawExchange, port, b"GET x\r\n", False, 5.0)
+        self.assertEqual(reply, b"-upstream failure\r\n")
+        self.assertLess(time.monotonic() - started, 4)
+        self.assertEqual(stat(server, "cluster.redis.upstream_rq_timeout"), 1)
+        self.assertEqual(stat(server, "redis.test.command.get.error"), 1)
+
+    async def test_faults(self) -> None:
+        """
+        An ERROR fault on GET and a DELAY fault on SET, both at 100%.
+        """
+        shards = await startRedisServers(self, 1)
+        faults = [
+            {"fault_type": "ERROR", "commands": ["GET"],
+             "fault_enabled": {"default_value": {"numerator": 100}}},
+            {"fault_type": "DELAY", "delay": "0.3s", "commands": ["SET"],
+             "fault_enabled": {"default_value": {"numerator": 100}}},
+        ]
+        server = startServer(self, redisProxyConfig([shards[0].port], proxy={"faults": faults}))
+        port = listenerPort(server)
+        started = time.monotonic()
+        reply = await inThread(_rawExchange, port, b"SET a 1\r\nGET a\r\nPING\r\n", False, 5.0)
+        self.assertEqual(reply, b"+OK\r\n-Fault Injected: Error\r\n+PONG\r\n")
+        self.assertGreaterEqual(time.monotonic() - started, 0.3)
+        self.assertEqual(stat(server, "redis.test.command.get.error_fault"), 1)
+        self.assertEqual(stat(server, "redis.test.command.set.delay_fault"), 1)
+
+    async def test_movedAndAsk(self) -> None:
+        """
+        With enable_redirection, MOVED and ASK from a node are followed to
+        the node they name (ASK after an ASKING).
+        """
+        target = (await startRedisServers(self, 1))[0]
+        await inThread(lambda: target.client().set("moved", "found"))
+        seen: list[bytes] = []
+
+        class Redirector(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                seen.append(data)
+                for _ in range(data.count(b"*")):
+                    kind = b"MOVED" if len(seen) == 1 else b"ASK"
+                    self.transport.write(b"-%s 3999 127.0.0.1:%d\r\n" % (kind, target.port))
+
+        redirector = listen(self, Redirector)
+        server = startServer(self, redisProxyConfig(
+            [redirector], proxy={"settings": {"op_timeout": "5s",
+                                              "enable_redirection": True}}))
+        port = listenerPort(server)
+        first = await inThread(_rawExchange, port, b"GET moved\r\n")
+        second = await inThread(_rawExchange, port, b"GET moved\r\n")
+        self.assertEqual((first, second), (b"$5\r\nfound\r\n", b"$5\r\nfound\r\n"))
+
+
+class RoutingTests(TestCase):
+    """
+    prefix_routes and request mirroring.
+    """
+
+    timeout = 120
+
+    async def test_prefixRoutesAndMirror(self) -> None:
+        """
+        'cache:' keys go (prefix removed) to their own cluster; writes to
+        the catch-all are mirrored to a third cluster, reads are not.
+        """
+        main, cache, mirror = await startRedisServers(self, 3)
+        proxy = {"prefix_routes": {
+            "routes": [{"prefix": "cache:", "remove_prefix": True, "cluster": "cache"}],
+            "catch_all_route": {"cluster": "redis", "request_mirror_policy": [
+                {"cluster": "mirror", "exclude_read_commands": True}]},
+        }}
+        server = startServer(self, redisProxyConfig(
+            [main.port], proxy=proxy,
+            extraClusters=[shardCluster("cache", [cache.port]),
+                           shardCluster("mirror", [mirror.port])]))
+        port = listenerPort(server)
+
+        def run() -> Any:
+            client = _client(port)
+            client.set("cache:item", "c")
+            client.set("plain", "p")
+            client.get("plain")
+            client.incr("counter")
+            return client.get("cache:item")
+
+        self.assertEqual(await inThread(run), b"c")
+        self.assertEqual(await inThread(cache.keys), {b"item"})
+        self.assertEqual(await inThread(main.keys), {b"plain", b"counter"})
+        await deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(await inThread(mirror.keys), {b"plain", b"counter"})
+        self.assertEqual(await inThread(lambda: mirror.client().get("counter")), b"1")
+
+
+class ExampleConfigTests(SynchronousTestCase):
+    """
+    The shipped example.
+    """
+
+    def test_exampleLoads(self) -> None:
+        """
+        etc/redis_proxy.yaml is a valid config with a RING_HASH shard cluster.
+        """
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        config = load(os.path.join(here, "etc", "redis_proxy.yaml"))
+        proxy = config.listeners[0].filterChains[0].filters[0]
+        self.assertEqual(proxy.name, "envoy.filters.network.redis_proxy")
+        self.assertEqual(config.clusters[proxy.config.catchAll.cluster].lbPolicy, "RING_HASH")
