@@ -154,7 +154,8 @@ def parseConfig(section: Section, context: Any) -> RedisProxyConfig:
     statPrefix = section.string("stat_prefix", required=True, nonEmpty=True) or ""
     settings = section.section("settings", required=True)
     if settings is None:
-        settings = Section({}, section.pathOf("settings"), section.problems)
+        # Reported as missing; read the defaults without a second error.
+        settings = Section({"op_timeout": "0s"}, section.pathOf("settings"), section.problems)
     opTimeout = settings.duration("op_timeout", required=True) or 0.0
     hashtagging = settings.boolean("enable_hashtagging")
     redirection = settings.boolean("enable_redirection")
