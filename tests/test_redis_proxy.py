@@ -513,6 +513,31 @@ class FailureTests(TestCase):
         self.assertEqual((first, second), (b"$5\r\nfound\r\n", b"$5\r\nfound\r\n"))
 
 
+class CommandStatsTests(TestCase):
+    """
+    enable_command_stats.
+    """
+
+    timeout = 60
+
+    async def test_upstreamCommandStats(self) -> None:
+        """
+        Shard commands are counted per command as sent upstream.
+        """
+        shards = await startRedisServers(self, 2)
+        server = startServer(self, redisProxyConfig(
+            [s.port for s in shards],
+            proxy={"settings": {"op_timeout": "5s", "enable_command_stats": True}}))
+        port = listenerPort(server)
+        reply = await inThread(_rawExchange, port, b"SET a 1\r\nMGET a b c\r\n")
+        self.assertEqual(reply, b"+OK\r\n*3\r\n$1\r\n1\r\n$-1\r\n$-1\r\n")
+        prefix = "cluster.redis.redis_cluster.upstream_commands"
+        self.assertEqual(stat(server, f"{prefix}.set.total"), 1)
+        self.assertEqual(stat(server, f"{prefix}.get.total"), 3)
+        self.assertEqual(stat(server, f"{prefix}.get.success"), 3)
+        self.assertEqual(server.context.store.get(f"{prefix}.upstream_rq_time").count, 4)
+
+
 class RoutingTests(TestCase):
     """
     prefix_routes and request mirroring.

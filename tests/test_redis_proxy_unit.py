@@ -20,6 +20,7 @@ from pyenvoy.filters.redis_proxy.conn_pool import Batch, ConnPool, encodeCommand
 from pyenvoy.filters.redis_proxy.resp import (
     HiredisDecoder, ProtocolError, PyDecoder, ReplyFramer, encode)
 from pyenvoy.stats import Store
+from pyenvoy.upstream import hashing
 from pyenvoy.upstream.cluster_manager import ClusterManager
 from tests.support.redis import redisProxyConfig, shardCluster
 from tests.test_config import ConfigTestCase
@@ -460,6 +461,27 @@ class FuzzTests(SynchronousTestCase):
         for decoder in (PyDecoder(), HiredisDecoder()):
             got = decoder.feed(stream[:cut]) + decoder.feed(stream[cut:])
             self.assertEqual(got, values)
+
+
+class HashTests(SynchronousTestCase):
+    """
+    The libstdc++ fast path of L{murmurHash2} and the Python version agree.
+    """
+
+    def test_fastPathLoaded(self) -> None:
+        """
+        On this (64-bit Linux) machine libstdc++'s _Hash_bytes is used.
+        """
+        self.assertIsNotNone(hashing._hashBytes)
+
+    @settings(max_examples=500, deadline=None)
+    @given(st.binary(max_size=64), st.integers(0, 2**64 - 1))
+    def test_agree(self, data: bytes, seed: int) -> None:
+        """
+        Same value for any bytes and seed.
+        """
+        self.assertEqual(hashing.murmurHash2(data, seed),
+                         hashing._pythonMurmurHash2(data, seed))
 
 
 class CombineTests(SynchronousTestCase):

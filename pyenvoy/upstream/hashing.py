@@ -9,6 +9,9 @@ C{ILoadBalancer.chooseHost} in a L{LoadBalancerContext}.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+
 import socket
 import struct
 from dataclasses import dataclass
@@ -73,12 +76,9 @@ def _shiftMix(v: int) -> int:
     return v ^ (v >> 47)
 
 
-def murmurHash2(data: bytes | str, seed: int = STD_HASH_SEED) -> int:
+def _pythonMurmurHash2(data: bytes | str, seed: int = STD_HASH_SEED) -> int:
     """
-    The 64-bit MurmurHash2 of libstdc++'s C{_Hash_bytes}, which Envoy's
-    C{MurmurHash::murmurHash2} reproduces: ring hash with
-    C{hash_function: MURMUR_HASH_2} and redis_proxy's key hashing use it
-    with the default seed.
+    L{murmurHash2} in pure Python.
 
     Little-endian 8-byte words are each mixed (multiply, shift-xor,
     multiply) into a state seeded with C{seed ^ (len * m)}; the 1-7 tail
@@ -99,6 +99,46 @@ def murmurHash2(data: bytes | str, seed: int = STD_HASH_SEED) -> int:
         h = ((h ^ tail) * _MUL) & _MASK
     h = (_shiftMix(h) * _MUL) & _MASK
     return _shiftMix(h)
+
+
+def _libstdcxxHashBytes() -> Any:
+    """
+    libstdc++'s own C{std::_Hash_bytes} through ctypes, when it can be
+    loaded: the very function L{murmurHash2} reproduces (and Envoy copies),
+    about twice as fast as the Python version even with the call overhead.
+    Only on 64-bit, where C{size_t} is the 64 bits the hash is defined on.
+    """
+    if ctypes.sizeof(ctypes.c_size_t) != 8:
+        return None
+    try:
+        name = ctypes.util.find_library("stdc++")
+        function = ctypes.CDLL(name or "libstdc++.so.6")._ZSt11_Hash_bytesPKvmm
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t]
+    function.restype = ctypes.c_size_t
+    if function(b"foo", 3, STD_HASH_SEED) != _pythonMurmurHash2(b"foo"):
+        return None
+    return function
+
+
+_hashBytes = _libstdcxxHashBytes()
+
+
+def murmurHash2(data: bytes | str, seed: int = STD_HASH_SEED) -> int:
+    """
+    The 64-bit MurmurHash2 of libstdc++'s C{_Hash_bytes}, which Envoy's
+    C{MurmurHash::murmurHash2} reproduces: ring hash with
+    C{hash_function: MURMUR_HASH_2} and redis_proxy's key hashing use it
+    with the default seed.  Computed by libstdc++ itself when it is
+    loadable, else in Python (L{_pythonMurmurHash2}); both agree.
+
+    @return: an unsigned 64-bit integer.
+    """
+    buf = _asBytes(data)
+    if _hashBytes is not None:
+        return _hashBytes(buf, len(buf), seed)
+    return _pythonMurmurHash2(buf, seed)
 
 
 def canonicalAddress(host: str, port: int) -> str:

@@ -19,6 +19,9 @@ log = Logger()
 
 UPSTREAM_FAILURE = b"-upstream failure\r\n"
 
+#: How many key hashes a pool remembers.
+HASH_CACHE_SIZE = 1 << 17
+
 #: How many times per op_timeout a busy connection checks for progress.
 OP_TIMEOUT_CHECKS = 4
 
@@ -30,8 +33,15 @@ def encodeCommand(args: list[bytes]) -> bytes:
     @raise TypeError: if an argument is not C{bytes} (the request held
         something other than bulk strings).
     """
-    return b"*%d\r\n" % len(args) + b"".join(
-        [b"$%d\r\n%s\r\n" % (len(a), a) for a in args])
+    count = len(args)
+    if count == 3:
+        a, b, c = args
+        return b"*3\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+            len(a), a, len(b), b, len(c), c)
+    if count == 2:
+        a, b = args
+        return b"*2\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(a), a, len(b), b)
+    return b"*%d\r\n" % count + b"".join([b"$%d\r\n%b\r\n" % (len(a), a) for a in args])
 
 
 class _Ignore:
@@ -366,12 +376,30 @@ class ConnPool:
                      "connection_rate_limited"):
             self.redisClusterScope.counter(name)
         self.upstreamRqTimeout = clusterScope.counter("upstream_rq_timeout")
+        self._commandStats: dict[str, tuple[Any, ...]] = {}
         self._clients: dict[Any, UpstreamClient] = {}
         self._unknownHosts: dict[str, Host] = {}
         self._lbContext = _HashContext()
+        #: Recent keys' MurmurHash2 (pure Python, the costliest step of
+        #: routing a command); cleared whenever it fills up.
+        self._hashes: dict[bytes, int] = {}
         options = getattr(self.cluster.config, "redisProtocolOptions", None)
         self._credentials = options.credentialsFor if options is not None else None
         clusterManager.onHostsRemoved(clusterName, self._hostsRemoved)
+
+    def commandStats(self, command: str) -> tuple[Any, ...]:
+        """
+        C{redis_cluster.upstream_commands.<cmd>.{total,success,failure,latency}}
+        and C{upstream_commands.upstream_rq_time} (C{enable_command_stats}).
+        """
+        stats = self._commandStats.get(command)
+        if stats is None:
+            scope = self.redisClusterScope.scope("upstream_commands")
+            cmd = scope.scope(command)
+            stats = (cmd.counter("total"), cmd.counter("success"), cmd.counter("failure"),
+                     cmd.histogram("latency"), scope.histogram("upstream_rq_time"))
+            self._commandStats[command] = stats
+        return stats
 
     def credentialsFor(self, host: Host) -> tuple[bytes, bytes]:
         """
@@ -394,8 +422,14 @@ class ConnPool:
                 end = key.find(b"}", start + 1)
                 if end > start + 1:
                     key = key[start + 1:end]
+        cache = self._hashes
+        hashKey = cache.get(key)
+        if hashKey is None:
+            if len(cache) >= HASH_CACHE_SIZE:
+                cache.clear()
+            hashKey = cache[key] = murmurHash2(key)
         context = self._lbContext
-        context.hashKey = murmurHash2(key)
+        context.hashKey = hashKey
         return self.cluster.lb.chooseHost(context)
 
     def clientForKey(self, key: bytes, db: int = 0) -> UpstreamClient | None:

@@ -287,6 +287,37 @@ class _Part:
         self.parent.child(self.index, raw)
 
 
+class _UpstreamTimed:
+    """
+    Callbacks that count a shard command in C{cluster.<c>.redis_cluster.
+    upstream_commands.*} (C{enable_command_stats}) and pass the reply on.
+    """
+
+    __slots__ = ("inner", "stats", "start", "owner")
+
+    def __init__(self, inner: Any, stats: Any, owner: "RedisProxyFilter") -> None:
+        self.inner = inner
+        self.stats = stats
+        self.owner = owner
+        self.start = owner.batch.now
+        stats[0].value += 1
+
+    def _done(self, ok: bool) -> None:
+        total, success, failure, latency, rqTime = self.stats
+        (success if ok else failure).value += 1
+        micros = (self.owner.batch.now - self.start) * 1_000_000
+        latency.record(micros)
+        rqTime.record(micros)
+
+    def onReply(self, raw: bytes) -> None:
+        self._done(True)
+        self.inner.onReply(raw)
+
+    def onFailure(self, raw: bytes) -> None:
+        self._done(False)
+        self.inner.onFailure(raw)
+
+
 class _Split(_Slot):
     """
     A command answered by several upstream commands (MGET, MSET, DEL and
@@ -419,6 +450,7 @@ class RedisProxyFilter:
         self.batch = shared.batch
         self.reactor = shared.reactor
         self.latencyScale = shared.latencyScale
+        self.commandStats = shared.config.enableCommandStats
         self.connection: Any = None
         self.dirty = False
         self.db = 0
@@ -785,7 +817,8 @@ class RedisProxyFilter:
         if self.shared.config.enableRedirection:
             slot.request = data
             slot.pool = route.pool
-        client.send(data, slot)
+        client.send(data, slot if not self.commandStats else
+                    _UpstreamTimed(slot, route.pool.commandStats(entry.name), self))
         if route.mirrors:
             self._mirror(route, entry, key, data)
         return slot
@@ -805,7 +838,8 @@ class RedisProxyFilter:
                 part.onFailure(NO_UPSTREAM_HOST)
                 continue
             data = encodeCommand([command] + request[index:index + step])
-            client.send(data, part)
+            client.send(data, part if not self.commandStats else _UpstreamTimed(
+                part, route.pool.commandStats(command.decode("ascii", "replace").lower()), self))
             if route.mirrors:
                 self._mirror(route, entry, key, data)
         return slot
