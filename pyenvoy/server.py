@@ -10,6 +10,7 @@ from typing import Any, Callable
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from pyenvoy import __version__
 from pyenvoy.config.bootstrap import Bootstrap
@@ -47,6 +48,7 @@ class ServerContext:
         self.version = __version__
         self.shutdown: Callable[[], Any] = lambda: None
         self.startDraining: Callable[[], Any] = lambda: None
+        self._drainCallbacks: list[Callable[[], None]] = []
         store = self.store
         store.gauge("server.concurrency").value = 1
         store.gauge("server.live")
@@ -59,6 +61,24 @@ class ServerContext:
         store.gauge("listener_manager.total_listeners_draining")
         store.counter("listener_manager.listener_added")
         store.counter("listener_manager.listener_create_success")
+
+    def onDrain(self, callback: Callable[[], None]) -> None:
+        """
+        Call C{callback} when the server starts draining (a filter that
+        can close idle connections early, as Envoy's redis_proxy does).
+        """
+        self._drainCallbacks.append(callback)
+
+    def drainStarted(self) -> None:
+        """
+        Tell the L{onDrain} callbacks (once).
+        """
+        callbacks, self._drainCallbacks = self._drainCallbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.failure("a drain callback failed", Failure())
 
     def uptime(self) -> int:
         """
@@ -165,6 +185,7 @@ class Server(MultiService):
             d: Deferred = Deferred()
             service.listener.whenDrained(lambda d=d: d.called or d.callback(None))
             waits.append(d)
+        context.drainStarted()
         done: Deferred = Deferred()
         timer = self.reactor.callLater(context.drainTime,
                                        lambda: done.called or done.callback(None))

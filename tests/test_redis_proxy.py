@@ -179,6 +179,23 @@ class ShardingTests(TestCase):
                                b"SET q 1\r\nGET q\r\nQUIT\r\nGET q\r\n", True)
         self.assertEqual(reply, b"+OK\r\n$1\r\n1\r\n+OK\r\n")
 
+    async def test_drainClosesIdleClients(self) -> None:
+        """
+        When the server drains, an idle client is closed at once and
+        counted in downstream_cx_drain_close.
+        """
+        def connect() -> socket.socket:
+            s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+            s.sendall(b"PING\r\n")
+            self.assertEqual(s.recv(100), b"+PONG\r\n")
+            return s
+
+        client = await inThread(connect)
+        self.addCleanup(client.close)
+        self.server.drain()
+        self.assertEqual(await inThread(client.recv, 100), b"")
+        self.assertEqual(stat(self.server, "redis.test.downstream_cx_drain_close"), 1)
+
     async def test_txredisapi(self) -> None:
         """
         txredisapi (a Twisted client) sets and reads keys on every shard.

@@ -160,6 +160,22 @@ class _Shared:
             self.faults[name].extend(allCommands)
         self.faultsForAll = allCommands
         self.random = random.Random()
+        #: Open connections, so a drain can close the idle ones.
+        self.open: set[Any] = set()
+        self.draining = False
+        onDrain = getattr(context, "onDrain", None)
+        if onDrain is not None:
+            onDrain(self.drain)
+
+    def drain(self) -> None:
+        """
+        The server is draining: close each connection with nothing
+        outstanding now, and the others once their last reply is written
+        (Envoy's C{downstream_cx_drain_close}).
+        """
+        self.draining = True
+        for proxy in list(self.open):
+            proxy.closeIfIdle()
 
     def lookup(self, raw: bytes) -> _Command | None:
         """
@@ -478,6 +494,7 @@ class RedisProxyFilter:
         shared = self.shared
         shared.downstream_cx_total.value += 1
         shared.downstream_cx_active.value += 1
+        shared.open.add(self)
 
     def onNewConnection(self) -> FilterStatus:
         """
@@ -532,6 +549,7 @@ class RedisProxyFilter:
             return
         self._closed = True
         shared = self.shared
+        shared.open.discard(self)
         shared.downstream_cx_active.value -= 1
         shared.downstream_rq_active.value -= len(self._queue)
         self._queue.clear()
@@ -582,6 +600,17 @@ class RedisProxyFilter:
         elif self._readPaused and len(queue) <= MAX_PENDING_PER_CLIENT // 2:
             self._readPaused = False
             self.connection.readDisable(False)
+        if not queue and shared.draining:
+            self.closeIfIdle()
+
+    def closeIfIdle(self) -> None:
+        """
+        Close (flushing) if no reply is outstanding.
+        """
+        if not self._queue and not self._closed and not self._quitting:
+            self._quitting = True
+            self.shared.downstream_cx_drain_close.value += 1
+            self.connection.close(CloseType.FLUSH_WRITE, "drain")
 
     # -- commands ----------------------------------------------------------------
 
