@@ -303,7 +303,7 @@ def _clusterText(cluster: Cluster) -> list[str]:
         lines.extend(f"{prefix}{stat}::{value}\n" for stat, value in host.stats.items())
         lines += [
             f"{prefix}hostname::{host.hostname}\n",
-            f"{prefix}health_flags::{'healthy' if host.healthy else '/failed_active_hc'}\n",
+            f"{prefix}health_flags::{host.healthFlagsString()}\n",
             f"{prefix}weight::{host.weight}\n",
             f"{prefix}region::\n",
             f"{prefix}zone::\n",

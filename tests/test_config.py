@@ -925,7 +925,8 @@ class FilterTests(ConfigTestCase):
             "unknown network filter 'envoy.filters.network.echoo'; known: "
             "envoy.filters.network.client_ssl_auth, "
             "envoy.filters.network.echo, envoy.filters.network.mongo_proxy, "
-            "envoy.filters.network.postgres_proxy, envoy.filters.network.tcp_proxy")
+            "envoy.filters.network.postgres_proxy, envoy.filters.network.redis_proxy, "
+            "envoy.filters.network.tcp_proxy")
 
     def test_unknownType(self) -> None:
         """
@@ -933,16 +934,17 @@ class FilterTests(ConfigTestCase):
         """
         self.assertError(
             bootstrap([listener(filters=[{
-                "name": "envoy.filters.network.redis_proxy",
+                "name": "envoy.filters.network.thrift_proxy",
                 "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters."
-                                          "network.redis_proxy.v3.RedisProxy"}}])]),
+                                          "network.thrift_proxy.v3.ThriftProxy"}}])]),
             f"{TC}.@type",
             "unknown network filter @type 'type.googleapis.com/envoy.extensions.filters."
-            "network.redis_proxy.v3.RedisProxy'; known: type.googleapis.com/envoy."
+            "network.thrift_proxy.v3.ThriftProxy'; known: type.googleapis.com/envoy."
             f"extensions.filters.network.client_ssl_auth.v3.ClientSSLAuth, {ECHO_TYPE}, "
             "type.googleapis.com/envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy, "
             "type.googleapis.com/envoy.extensions.filters.network.postgres_proxy.v3alpha."
-            f"PostgresProxy, {TCP_PROXY_TYPE}")
+            "PostgresProxy, type.googleapis.com/envoy.extensions.filters.network.redis_proxy."
+            f"v3.RedisProxy, {TCP_PROXY_TYPE}")
 
     def test_missingType(self) -> None:
         """
@@ -1132,11 +1134,9 @@ class ClusterTests(ConfigTestCase):
 
     def test_unsupportedFields(self) -> None:
         """
-        Health checks and outlier detection are said to be unsupported.
+        Outlier detection is said to be unsupported.
         """
-        self.assertErrors(bootstrap(clusters=[cluster(health_checks=[],
-                                                      outlier_detection={})]), [
-            (f"{C0}.health_checks", "field 'health_checks' is not supported by pyenvoy yet"),
+        self.assertErrors(bootstrap(clusters=[cluster(outlier_detection={})]), [
             (f"{C0}.outlier_detection",
              "field 'outlier_detection' is not supported by pyenvoy yet"),
         ])

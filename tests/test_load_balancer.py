@@ -558,14 +558,30 @@ class HealthTests(SynchronousTestCase):
 
     def test_allUnhealthy(self) -> None:
         """
-        With no healthy host there is no host.
+        With no healthy host and panic mode disabled (threshold 0) there is
+        no host.
+        """
+        two = hosts(1, 2)
+        lb = RingHash(two, panicThreshold=0)
+        for h in two:
+            h.healthy = False
+        lb.refresh()
+        self.assertIsNone(lb.chooseHost(ctx(7)))
+
+    def test_allUnhealthyPanics(self) -> None:
+        """
+        With no healthy host and Envoy's default threshold (50%), the ring
+        is in panic mode and built over every host, as Envoy's.
         """
         two = hosts(1, 2)
         lb = RingHash(two)
         for h in two:
             h.healthy = False
         lb.refresh()
-        self.assertIsNone(lb.chooseHost(ctx(7)))
+        self.assertTrue(lb.panic)
+        ks = keys(200)
+        self.assertEqual([h.address for h in placement(lb, ks)],
+                         [h.address for h in placement(RingHash(hosts(1, 2)), ks)])
 
 
 class FactoryTests(SynchronousTestCase):
@@ -777,11 +793,11 @@ class LbConfigTests(ConfigTestCase):
         """
         self.assertErrors(
             bootstrap(clusters=[cluster(lb_policy="MAGLEV", common_lb_config={
-                "healthy_panic_threshold": {"value": 10},
+                "zone_aware_lb_config": {},
                 "consistent_hashing_lb_config": {"hash_balance_factor": 150}})]), [
                 (f"{C0}.common_lb_config.consistent_hashing_lb_config.hash_balance_factor",
                  "not supported by pyenvoy yet"),
-                (f"{C0}.common_lb_config.healthy_panic_threshold", "not supported by pyenvoy yet"),
+                (f"{C0}.common_lb_config.zone_aware_lb_config", "not supported by pyenvoy yet"),
             ])
 
     def test_isPrime(self) -> None:

@@ -7,14 +7,18 @@ does not is an error that says so, never silently ignored.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import yaml
 
-from pyenvoy.config.reader import ConfigError, ConfigErrors, Problems, Section
+from pyenvoy.config.reader import (ConfigError, ConfigErrors, Problems, Section, describe,
+                                   snakeCase)
 
 #: Envoy's default for per_connection_buffer_limit_bytes (listeners and clusters).
 DEFAULT_BUFFER_LIMIT = 1024 * 1024
@@ -89,15 +93,15 @@ _CHAIN_UNSUPPORTED = (
     "transport_socket_connect_timeout", "on_demand_configuration",
 )
 _CLUSTER_UNSUPPORTED = (
-    "cluster_type", "eds_cluster_config", "health_checks", "max_requests_per_connection",
+    "cluster_type", "eds_cluster_config", "max_requests_per_connection",
     "upstream_http_protocol_options", "common_http_protocol_options",
-    "http_protocol_options", "http2_protocol_options", "typed_extension_protocol_options",
+    "http_protocol_options", "http2_protocol_options",
     "dns_jitter", "dns_failure_refresh_rate", "dns_resolvers",
     "use_tcp_for_dns_lookups", "dns_resolution_config", "typed_dns_resolver_config",
     "outlier_detection", "cleanup_interval", "upstream_bind_config", "lb_subset_config",
     "original_dst_lb_config",
     "round_robin_lb_config", "protocol_selection",
-    "upstream_connection_options", "close_connections_on_host_health_failure",
+    "upstream_connection_options",
     "ignore_health_on_host_removal", "filters", "load_balancing_policy", "lrs_server",
     "track_timeout_budgets", "upstream_config", "track_cluster_stats",
     "preconnect_policy", "connection_pool_per_downstream_connection",
@@ -235,6 +239,11 @@ class EndpointConfig:
     weight: int = 1
     hostname: str = ""
     priority: int = 0
+    #: C{health_check_config.port_value}: the port active health checks
+    #: use (0: the endpoint's own).
+    healthCheckPort: int = 0
+    #: C{health_check_config.disable_active_health_check}.
+    disableActiveHealthCheck: bool = False
 
 
 @dataclass(frozen=True)
@@ -271,6 +280,121 @@ class MaglevLbConfig:
     tableSize: int = DEFAULT_MAGLEV_TABLE_SIZE
 
 
+#: Envoy's default C{common_lb_config.healthy_panic_threshold}, in percent.
+DEFAULT_HEALTHY_PANIC_THRESHOLD = 50
+
+#: The C{typed_extension_protocol_options} key and C{@type} of Redis's
+#: upstream options.
+REDIS_PROXY_FILTER = "envoy.filters.network.redis_proxy"
+REDIS_PROTOCOL_OPTIONS = ("type.googleapis.com/"
+                          "envoy.extensions.filters.network.redis_proxy.v3.RedisProtocolOptions")
+#: The key and C{@type} of the generic TCP upstream options.
+TCP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions"
+TCP_PROTOCOL_OPTIONS = "type.googleapis.com/" + TCP_PROTOCOL_OPTIONS_KEY
+
+#: The Redis health checker: its C{custom_health_check} name and C{@type}.
+REDIS_HEALTH_CHECKER = "envoy.health_checkers.redis"
+REDIS_HEALTH_CHECKER_TYPE = "type.googleapis.com/envoy.extensions.health_checkers.redis.v3.Redis"
+
+
+@dataclass(frozen=True)
+class RedisCredential:
+    """
+    One C{RedisProtocolOptions.credentials[]} entry: what to AUTH with on
+    the host at C{address}:C{port}.
+
+    @ivar address: C{address.socket_address.address} as written: an IP,
+        or for hosts of DNS clusters the name they were resolved from.
+    """
+
+    address: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+
+
+@dataclass(frozen=True)
+class RedisProtocolOptions:
+    """
+    A cluster's C{typed_extension_protocol_options} for
+    C{envoy.filters.network.redis_proxy}: how upstream Redis connections
+    (of the redis_proxy filter and of the Redis health checker)
+    authenticate.
+
+    Data sources were read when the config was loaded; an empty value is
+    C{None} (Envoy sends no AUTH for an empty password).
+    """
+
+    authUsername: str | None = None
+    authPassword: str | None = None
+    credentials: tuple[RedisCredential, ...] = ()
+
+    def credentialsFor(self, host: Any) -> tuple[str | None, str | None]:
+        """
+        C{(username, password)} to AUTH with on C{host} (a
+        L{pyenvoy.upstream.host.Host}), as Envoy picks them: the first
+        C{credentials[]} entry whose address and port are the host's (its
+        C{hostname} when it has one, as DNS hosts do, else its IP) gives
+        both; else the cluster's C{auth_username} / C{auth_password}.
+        C{None} means "not set": no password, no AUTH; a password without
+        a username is C{AUTH <password>}.
+        """
+        if host is not None and self.credentials:
+            ip, port = host.address
+            name = getattr(host, "hostname", "") or ip
+            for credential in self.credentials:
+                if credential.port == port and credential.address == name:
+                    return credential.username, credential.password
+        return self.authUsername, self.authPassword
+
+
+@dataclass(frozen=True)
+class TcpHealthCheck:
+    """
+    C{tcp_health_check}: bytes to send (empty: connect only) and blocks to
+    find, in order, in what comes back.
+    """
+
+    send: bytes = b""
+    receive: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True)
+class RedisHealthCheck:
+    """
+    The C{envoy.health_checkers.redis} custom checker: C{PING} (healthy on
+    C{+PONG}), or with a C{key}, C{EXISTS key} (healthy on C{:0}).
+    """
+
+    key: str = ""
+
+
+@dataclass(frozen=True)
+class HealthCheckConfig:
+    """
+    One C{health_checks[]} entry (C{config.core.v3.HealthCheck}); times
+    in seconds.
+    """
+
+    timeout: float
+    interval: float
+    unhealthyThreshold: int
+    healthyThreshold: int
+    checker: TcpHealthCheck | RedisHealthCheck
+    initialJitter: float = 0.0
+    intervalJitter: float = 0.0
+    intervalJitterPercent: int = 0
+    reuseConnection: bool = True
+    noTrafficInterval: float = 60.0
+    noTrafficHealthyInterval: float = 60.0
+    unhealthyInterval: float = 0.0
+    unhealthyEdgeInterval: float = 0.0
+    healthyEdgeInterval: float = 0.0
+    alwaysLogHealthCheckFailures: bool = False
+    alwaysLogHealthCheckSuccess: bool = False
+    path: str = ""
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """
@@ -298,6 +422,15 @@ class ClusterConfig:
     #: or C{None} for plaintext.
     tls: Any = None
     path: str = ""
+    #: C{health_checks} (Envoy allows at most one).
+    healthChecks: tuple[HealthCheckConfig, ...] = ()
+    #: C{common_lb_config.healthy_panic_threshold}, a whole percentage
+    #: (0 disables panic mode).
+    healthyPanicThreshold: int = DEFAULT_HEALTHY_PANIC_THRESHOLD
+    #: The C{envoy.filters.network.redis_proxy} protocol options, or C{None}.
+    redisProtocolOptions: RedisProtocolOptions | None = None
+    #: C{close_connections_on_host_health_failure}.
+    closeConnectionsOnHostHealthFailure: bool = False
 
     @property
     def statName(self) -> str:
@@ -386,6 +519,50 @@ def parseSocketAddress(section: Section | None, allowUdp: bool = True,
         sock.error("must not be empty", "address")
         return None
     return SocketAddress(address, port, protocol)
+
+
+def _readDataSource(section: Section | None) -> str | None:
+    """
+    Read a C{config.core.v3.DataSource} (C{inline_string}, C{inline_bytes}
+    (base64), C{filename} or C{environment_variable}) now, as text; C{None}
+    when absent or empty (Envoy reads these allowing empty).
+    """
+    if section is None:
+        return None
+    kind = section.oneOf("inline_string", "inline_bytes", "filename", "environment_variable",
+                         required=False)
+    data: bytes | None = None
+    if kind == "inline_string":
+        text = section.string("inline_string")
+        data = text.encode("utf-8") if text is not None else None
+    elif kind == "inline_bytes":
+        text = section.string("inline_bytes")
+        if text is not None:
+            try:
+                data = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                section.error("expected base64 bytes", "inline_bytes")
+    elif kind == "filename":
+        name = section.string("filename")
+        if name is not None:
+            try:
+                with open(name, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                section.error(f"cannot read {name!r}: {e.strerror}", "filename")
+    elif kind == "environment_variable":
+        name = section.string("environment_variable")
+        if name is not None:
+            value = os.environ.get(name)
+            if value is None:
+                section.error(f"environment variable {name!r} is not set",
+                              "environment_variable")
+            else:
+                data = value.encode("utf-8")
+    section.finish(unsupported=("watched_directory",))
+    if not data:
+        return None
+    return data.decode("utf-8", "surrogateescape")
 
 
 def parseUdpSocketConfig(section: Section | None, preferGro: bool = False) -> UdpSocketConfig:
@@ -519,7 +696,8 @@ class BootstrapParser:
         endpoints = self._parseLoadAssignment(section.section("load_assignment"), kind)
         if kind == "LOGICAL_DNS" and len(endpoints) > 1:
             section.error("LOGICAL_DNS clusters must have a single endpoint", "load_assignment")
-        useHostname = self._parseCommonLbConfig(section.section("common_lb_config"))
+        useHostname, panicThreshold = self._parseCommonLbConfig(
+            section.section("common_lb_config"))
         if useHostname and kind != "STRICT_DNS":
             # Envoy: "Cannot use hostname for consistent hashing loadbalancing
             # for cluster of type: 'envoy.cluster.static'", whatever the policy.
@@ -532,6 +710,13 @@ class BootstrapParser:
             # Imported here: OpenSSL loads only when a config uses TLS.
             from pyenvoy.network.tls import parseUpstreamTransportSocket
             tls = parseUpstreamTransportSocket(transport)
+        healthChecks = self._parseHealthChecks(section)
+        closeOnFailure = section.boolean("close_connections_on_host_health_failure")
+        if healthChecks and transport is not None:
+            section.error("health checks on a cluster with a transport_socket (TLS) are not "
+                          "supported by pyenvoy yet", "health_checks")
+        redisOptions = self._parseProtocolOptions(
+            section.section("typed_extension_protocol_options"))
         section.finish(unsupported=_CLUSTER_UNSUPPORTED)
         if not name:
             return None
@@ -544,22 +729,226 @@ class BootstrapParser:
             altStatName=altStatName or "", leastRequestChoiceCount=choiceCount,
             ringHashLbConfig=ringHash, maglevLbConfig=maglev,
             useHostnameForHashing=useHostname, tls=tls, path=section.path,
+            healthChecks=healthChecks, healthyPanicThreshold=panicThreshold,
+            redisProtocolOptions=redisOptions,
+            closeConnectionsOnHostHealthFailure=closeOnFailure,
         )
 
-    def _parseCommonLbConfig(self, section: Section | None) -> bool:
-        # Only consistent_hashing_lb_config.use_hostname_for_hashing so far.
+    def _parseCommonLbConfig(self, section: Section | None) -> tuple[bool, int]:
+        # consistent_hashing_lb_config.use_hostname_for_hashing and
+        # healthy_panic_threshold so far.
         if section is None:
-            return False
+            return False, DEFAULT_HEALTHY_PANIC_THRESHOLD
         useHostname = False
         consistent = section.section("consistent_hashing_lb_config")
         if consistent is not None:
             useHostname = consistent.boolean("use_hostname_for_hashing")
             consistent.finish(unsupported=("hash_balance_factor",))
+        threshold = DEFAULT_HEALTHY_PANIC_THRESHOLD
+        percent = section.section("healthy_panic_threshold")
+        if percent is not None:
+            value = percent.raw.get("value", 0.0)
+            percent.ignore("value")
+            percent.finish()
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                percent.error(f"expected a number, got {describe(value)}", "value")
+            elif not 0 <= value <= 100:
+                percent.error(f"must be between 0 and 100, got {value}", "value")
+            else:
+                # As Envoy's PROTOBUF_PERCENT_TO_ROUNDED_INTEGER_OR_DEFAULT.
+                threshold = int(value + 0.5)
         section.finish(unsupported=(
-            "healthy_panic_threshold", "zone_aware_lb_config", "locality_weighted_lb_config",
+            "zone_aware_lb_config", "locality_weighted_lb_config",
             "update_merge_window", "ignore_new_hosts_until_first_hc",
             "close_connections_on_host_set_change", "override_host_status"))
-        return useHostname
+        return useHostname, threshold
+
+    # -- health checks ---------------------------------------------------------
+
+    def _parseHealthChecks(self, cluster: Section) -> tuple[HealthCheckConfig, ...]:
+        out = []
+        sections = cluster.sections("health_checks")
+        if len(sections) > 1:
+            # Envoy: "Multiple health checks not supported".
+            cluster.error("only one health check per cluster is supported (as in Envoy)",
+                          "health_checks")
+        for section in sections:
+            check = self._parseHealthCheck(section)
+            if check is not None:
+                out.append(check)
+        return tuple(out[:1])
+
+    def _parseHealthCheck(self, section: Section) -> HealthCheckConfig | None:
+        timeout = section.duration("timeout", required=True, positive=True)
+        interval = section.duration("interval", required=True, positive=True)
+        unhealthy = section.uint32Value("unhealthy_threshold")
+        healthy = section.uint32Value("healthy_threshold")
+        for fieldName, value in (("unhealthy_threshold", unhealthy),
+                                 ("healthy_threshold", healthy)):
+            if section.raw.get(fieldName) is None:
+                section.error(f"missing required field {fieldName!r}")
+        initialJitter = section.duration("initial_jitter", 0.0) or 0.0
+        intervalJitter = section.duration("interval_jitter", 0.0) or 0.0
+        jitterPercent = section.integer("interval_jitter_percent", 0, minimum=0,
+                                        maximum=2**32 - 1) or 0
+        reuse = section.raw.get("reuse_connection")
+        if isinstance(reuse, dict) and set(reuse) == {"value"}:
+            section.raw["reuse_connection"] = reuse["value"]
+        reuseConnection = section.boolean("reuse_connection", True)
+        noTraffic = section.duration("no_traffic_interval", 60.0, positive=True) or 60.0
+        noTrafficHealthy = section.duration("no_traffic_healthy_interval", noTraffic,
+                                            positive=True) or noTraffic
+        base = interval or 1.0
+        unhealthyInterval = section.duration("unhealthy_interval", base, positive=True) or base
+        unhealthyEdge = section.duration("unhealthy_edge_interval", unhealthyInterval,
+                                         positive=True) or unhealthyInterval
+        healthyEdge = section.duration("healthy_edge_interval", base, positive=True) or base
+        logFailures = section.boolean("always_log_health_check_failures")
+        logSuccess = section.boolean("always_log_health_check_success")
+        which = section.oneOf("http_health_check", "tcp_health_check", "grpc_health_check",
+                              "custom_health_check")
+        checker: TcpHealthCheck | RedisHealthCheck | None = None
+        if which in ("http_health_check", "grpc_health_check"):
+            section.error(f"{which} is not supported by pyenvoy yet (an L3/L4 proxy); use "
+                          f"tcp_health_check or the {REDIS_HEALTH_CHECKER!r} "
+                          "custom_health_check", which)
+        elif which == "tcp_health_check":
+            checker = self._parseTcpHealthCheck(section.section("tcp_health_check"))
+        elif which == "custom_health_check":
+            checker = self._parseCustomHealthCheck(section.section("custom_health_check"))
+        section.finish(unsupported=(
+            "alt_port", "event_log_path", "event_logger", "event_service", "tls_options",
+            "transport_socket_match_criteria"))
+        if (timeout is None or interval is None or unhealthy is None or healthy is None
+                or checker is None):
+            return None
+        return HealthCheckConfig(
+            timeout=timeout, interval=interval, unhealthyThreshold=unhealthy,
+            healthyThreshold=healthy, checker=checker, initialJitter=initialJitter,
+            intervalJitter=intervalJitter, intervalJitterPercent=jitterPercent,
+            reuseConnection=reuseConnection, noTrafficInterval=noTraffic,
+            noTrafficHealthyInterval=noTrafficHealthy, unhealthyInterval=unhealthyInterval,
+            unhealthyEdgeInterval=unhealthyEdge, healthyEdgeInterval=healthyEdge,
+            alwaysLogHealthCheckFailures=logFailures, alwaysLogHealthCheckSuccess=logSuccess,
+            path=section.path)
+
+    def _parsePayload(self, section: Section) -> bytes | None:
+        which = section.oneOf("text", "binary")
+        data = None
+        if which == "text":
+            text = section.string("text", nonEmpty=True)
+            if text is not None:
+                try:
+                    data = bytes.fromhex(text)
+                except ValueError:
+                    section.error(f"expected hex digits (e.g. '50494E47' for PING), got {text!r}",
+                                  "text")
+        elif which == "binary":
+            text = section.string("binary")
+            if text is not None:
+                try:
+                    data = base64.b64decode(text, validate=True)
+                except (binascii.Error, ValueError):
+                    section.error("expected base64 bytes", "binary")
+        section.finish()
+        return data
+
+    def _parseTcpHealthCheck(self, section: Section | None) -> TcpHealthCheck | None:
+        if section is None:
+            return TcpHealthCheck()
+        before = len(self.problems.errors)
+        send = b""
+        sendSection = section.section("send")
+        if sendSection is not None and sendSection.raw:
+            send = self._parsePayload(sendSection) or b""
+        receive = []
+        for sub in section.sections("receive"):
+            data = self._parsePayload(sub)
+            if data is not None:
+                receive.append(data)
+        section.finish(unsupported=("proxy_protocol_config",))
+        if len(self.problems.errors) > before:
+            return None
+        return TcpHealthCheck(send, tuple(receive))
+
+    def _parseCustomHealthCheck(self, section: Section | None) -> RedisHealthCheck | None:
+        if section is None:
+            return None
+        name = section.string("name", "") or ""
+        typed = section.section("typed_config")
+        section.finish()
+        typeURL = typed.raw.get("@type") if typed is not None else None
+        if typeURL != REDIS_HEALTH_CHECKER_TYPE and not (typeURL is None
+                                                          and name == REDIS_HEALTH_CHECKER):
+            what = f"@type {typeURL!r}" if typeURL else f"name {name!r}"
+            where = "typed_config.@type" if typeURL else "name"
+            section.error(f"custom health checker {what} is not supported by pyenvoy yet; "
+                          f"supported: {REDIS_HEALTH_CHECKER!r} ({REDIS_HEALTH_CHECKER_TYPE})",
+                          where)
+            return None
+        key = ""
+        if typed is not None:
+            typed.ignore("@type")
+            key = typed.string("key", "") or ""
+            typed.finish(unsupported=("aws_iam",))
+        return RedisHealthCheck(key)
+
+    # -- protocol options ------------------------------------------------------
+
+    def _parseProtocolOptions(self, section: Section | None) -> RedisProtocolOptions | None:
+        if section is None:
+            return None
+        redis = None
+        # Keys are extension names, not fields: match them as written.
+        originals = dict(section._keys)
+        redisKey, tcpKey = snakeCase(REDIS_PROXY_FILTER), snakeCase(TCP_PROTOCOL_OPTIONS_KEY)
+        for name in list(section.raw):
+            key = originals.get(name, name)
+            typed = section.section(name)
+            if typed is None:
+                continue
+            typeURL = typed.raw.get("@type")
+            typed.ignore("@type")
+            if name == redisKey:
+                key = REDIS_PROXY_FILTER
+            elif name == tcpKey:
+                key = TCP_PROTOCOL_OPTIONS_KEY
+            if key == REDIS_PROXY_FILTER and typeURL == REDIS_PROTOCOL_OPTIONS:
+                redis = self._parseRedisProtocolOptions(typed)
+            elif key == TCP_PROTOCOL_OPTIONS_KEY and typeURL == TCP_PROTOCOL_OPTIONS:
+                # Accepted for compatibility: pyenvoy keeps no idle pool of
+                # upstream TCP connections for this timeout to apply to.
+                typed.duration("idle_timeout")
+                typed.finish()
+            elif key in (REDIS_PROXY_FILTER, TCP_PROTOCOL_OPTIONS_KEY):
+                expected = (REDIS_PROTOCOL_OPTIONS if key == REDIS_PROXY_FILTER
+                            else TCP_PROTOCOL_OPTIONS)
+                typed.error(f"expected @type {expected!r} for {key!r}, got "
+                            f"{describe(typeURL)}", "@type")
+            else:
+                section.error(f"protocol options {key!r} are not supported by pyenvoy yet; "
+                              f"supported: {REDIS_PROXY_FILTER!r}, {TCP_PROTOCOL_OPTIONS_KEY!r}",
+                              key)
+        return redis
+
+    def _parseRedisProtocolOptions(self, section: Section) -> RedisProtocolOptions:
+        username = _readDataSource(section.section("auth_username"))
+        password = _readDataSource(section.section("auth_password"))
+        credentials = []
+        for sub in section.sections("credentials"):
+            address = parseSocketAddress(sub.section("address", required=True), allowUdp=False)
+            credentials.append((address, _readDataSource(sub.section("auth_username")),
+                                _readDataSource(sub.section("auth_password"))))
+            sub.finish()
+        if section.raw.get("aws_iam") is not None:
+            section.error("AWS IAM authentication is not supported by pyenvoy; use "
+                          "auth_password (and auth_username)", "aws_iam")
+            section.ignore("aws_iam")
+        section.finish()
+        return RedisProtocolOptions(
+            username or None, password or None,
+            tuple(RedisCredential(a.address, a.port, u or None, p or None)
+                  for a, u, p in credentials if a is not None))
 
     def _parseRingHashLbConfig(self, section: Section | None, used: bool) -> RingHashLbConfig:
         # As Envoy: the proto's limits always, minimum <= maximum only when
@@ -652,7 +1041,13 @@ class BootstrapParser:
                 address = parseSocketAddress(endpoint.section("address", required=True),
                                              allowUdp=True)
                 hostname = endpoint.string("hostname", "") or ""
-                endpoint.finish(unsupported=("health_check_config", "additional_addresses"))
+                hcPort, hcDisabled = 0, False
+                hcConfig = endpoint.section("health_check_config")
+                if hcConfig is not None:
+                    hcPort = hcConfig.integer("port_value", 0, minimum=0, maximum=65535) or 0
+                    hcDisabled = hcConfig.boolean("disable_active_health_check")
+                    hcConfig.finish(unsupported=("hostname", "address"))
+                endpoint.finish(unsupported=("additional_addresses",))
                 if address is not None:
                     if kind == "STATIC" and not address.isIP():
                         endpoint.error(
@@ -662,7 +1057,8 @@ class BootstrapParser:
                     if address.port == 0:
                         endpoint.error("port_value must be set for an endpoint",
                                        "address.socket_address.port_value")
-                    out.append(EndpointConfig(address, weight, hostname, priority))
+                    out.append(EndpointConfig(address, weight, hostname, priority, hcPort,
+                                              hcDisabled))
             locality.finish(unsupported=("leds_cluster_locality_config", "metadata"))
         section.finish(unsupported=("policy", "named_endpoints"))
         return out

@@ -98,11 +98,18 @@ class Cluster:
         #: Open L{pyenvoy.upstream.cluster_manager.UpstreamConnection}s.
         self.connections: set[Any] = set()
         self.hosts: list[Host] = []
+        scope = store.scope(f"cluster.{config.statName}")
         self.lb = makeLoadBalancer(config.lbPolicy, [], config.leastRequestChoiceCount,
                                    ringHash=config.ringHashLbConfig,
                                    maglev=config.maglevLbConfig,
                                    useHostname=config.useHostnameForHashing,
-                                   scope=store.scope(f"cluster.{config.statName}"))
+                                   scope=scope, panicThreshold=config.healthyPanicThreshold)
+        #: The active L{pyenvoy.upstream.health_check.HealthChecker}, if
+        #: C{health_checks} is configured.
+        self.healthChecker: Any = None
+        if config.healthChecks:
+            from pyenvoy.upstream.health_check import HealthChecker
+            self.healthChecker = HealthChecker(self, config.healthChecks[0], scope, reactor)
         #: The L{pyenvoy.network.tls.ClientTls} when connections use TLS.
         self.tls: Any = None
         if config.tls is not None:
@@ -113,7 +120,8 @@ class Cluster:
         self._dnsLoop: LoopingCall | None = None
         self._updateBreaker()
         if config.type == "STATIC":
-            self.setHosts([Host((e.address.address, e.address.port), e.weight, e.hostname)
+            self.setHosts([Host((e.address.address, e.address.port), e.weight, e.hostname,
+                                e.healthCheckPort, e.disableActiveHealthCheck)
                            for e in config.endpoints])
 
     # -- membership ----------------------------------------------------------
@@ -125,6 +133,16 @@ class Cluster:
         old = {h.address: h for h in self.hosts}
         merged = [old.get(h.address, h) for h in hosts]
         changed = [h.address for h in merged] != [h.address for h in self.hosts]
+        kept = {id(h) for h in merged}
+        removed = [h for h in self.hosts if id(h) not in kept]
+        previous = {id(h) for h in self.hosts}
+        added = [h for h in merged if id(h) not in previous]
+        if self.healthChecker is not None:
+            # As Envoy: with active health checking, a new host is
+            # unhealthy until its first check passes.
+            for host in added:
+                if not host.disableActiveHealthCheck:
+                    host.healthy = False
         self.hosts = merged
         self.lb.setHosts(merged)
         s = self.stats
@@ -133,11 +151,34 @@ class Cluster:
         s.membership_total.value = len(merged)
         s.membership_healthy.value = sum(1 for h in merged if h.healthy)
         s.max_host_weight.value = max((h.weight for h in merged), default=0)
+        if self.healthChecker is not None and (added or removed):
+            self.healthChecker.hostsChanged(added, removed)
+
+    def healthChanged(self, host: Host | None = None) -> None:
+        """
+        A host's health changed (the health checker calls this with the
+        host): rebuild the load balancer over the healthy hosts (or all of
+        them in panic mode) and update C{membership_healthy}.  Membership
+        is unchanged, so
+        L{pyenvoy.upstream.cluster_manager.ClusterManager.onHostsRemoved}
+        subscribers are not told.  With
+        C{close_connections_on_host_health_failure}, a host that turned
+        unhealthy has its open connections closed, as Envoy does.
+        """
+        self.lb.refresh()
+        self.stats.membership_healthy.value = sum(1 for h in self.hosts if h.healthy)
+        if (host is not None and not host.healthy
+                and self.config.closeConnectionsOnHostHealthFailure):
+            for upstream in [u for u in self.connections if u.host is host]:
+                upstream.close(flush=False)
 
     def start(self) -> None:
         """
-        Start DNS resolution for STRICT_DNS and LOGICAL_DNS clusters.
+        Start active health checking, and DNS resolution for STRICT_DNS and
+        LOGICAL_DNS clusters.
         """
+        if self.healthChecker is not None:
+            self.healthChecker.start()
         if self.config.type == "STATIC":
             return
         self._dnsLoop = LoopingCall(self._resolveAll)
@@ -146,8 +187,10 @@ class Cluster:
 
     def stop(self) -> None:
         """
-        Stop re-resolving.
+        Stop re-resolving and health checking.
         """
+        if self.healthChecker is not None:
+            self.healthChecker.stop()
         if self._dnsLoop is not None and self._dnsLoop.running:
             self._dnsLoop.stop()
         self._dnsLoop = None
@@ -206,7 +249,8 @@ class Cluster:
                     continue
                 seen.add(key)
                 hosts.append(Host(key, endpoint.weight,
-                                  endpoint.hostname or endpoint.address.address))
+                                  endpoint.hostname or endpoint.address.address,
+                                  endpoint.healthCheckPort, endpoint.disableActiveHealthCheck))
         self.stats.update_success.value += 1
         if not hosts:
             self.stats.update_empty.value += 1

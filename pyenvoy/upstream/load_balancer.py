@@ -17,24 +17,82 @@ from pyenvoy.upstream.host import Host
 from pyenvoy.upstream.maglev import MaglevTable
 from pyenvoy.upstream.ring_hash import Ring
 
-__all__ = ["LeastRequest", "LoadBalancerContext", "Maglev", "Random", "RingHash",
-           "RoundRobin", "makeLoadBalancer"]
+__all__ = ["DEFAULT_PANIC_THRESHOLD", "LeastRequest", "LoadBalancerContext", "Maglev", "Random",
+           "RingHash", "RoundRobin", "inPanic", "makeLoadBalancer"]
 
 _MASK64 = (1 << 64) - 1
+
+
+#: Envoy's default C{common_lb_config.healthy_panic_threshold} (percent).
+DEFAULT_PANIC_THRESHOLD = 50
 
 
 def _healthy(hosts: Sequence[Host]) -> list[Host]:
     return [h for h in hosts if h.healthy]
 
 
+def inPanic(hosts: Sequence[Host], threshold: float) -> bool:
+    """
+    Whether a host set is in Envoy's panic mode, where the load balancer
+    uses every host because too few are healthy.
+
+    As Envoy's C{LoadBalancerBase} (one priority level): the level's
+    availability is C{min(100, 140 * healthy // total)} (the default
+    overprovisioning factor of 1.4); at 100 there is no panic; below it,
+    panic when the healthy percentage is under C{threshold}.  A threshold
+    of 0 disables panic mode; an empty set is never in panic.
+    """
+    total = len(hosts)
+    if total == 0 or threshold <= 0:
+        return False
+    healthy = sum(1 for h in hosts if h.healthy)
+    if min(100, 140 * healthy // total) >= 100:
+        return False
+    return 100.0 * healthy / total < threshold
+
+
+class _HealthAware:
+    """
+    What every load balancer shares about health: the host set, and
+    whether it is in panic mode (re-evaluated by L{refresh}, which the
+    cluster calls whenever membership or a host's health changes).
+
+    Outside panic, only healthy hosts are picked (health is read at pick
+    time, so a host flipped without a refresh is still skipped); in
+    panic, every host is, and C{cluster.<name>.lb_healthy_panic} counts
+    each such pick.
+    """
+
+    _hosts: list[Host]
+    panic = False
+    panicThreshold: float = DEFAULT_PANIC_THRESHOLD
+    _panicCounter: Any = None
+
+    def _setPanic(self, threshold: float, scope: Any) -> None:
+        self.panicThreshold = threshold
+        self._panicCounter = scope.counter("lb_healthy_panic") if scope is not None else None
+
+    def _evaluatePanic(self) -> None:
+        self.panic = inPanic(self._hosts, self.panicThreshold)
+
+    def _candidates(self) -> list[Host]:
+        if self.panic:
+            if self._panicCounter is not None:
+                self._panicCounter.inc()
+            return self._hosts
+        return _healthy(self._hosts)
+
+
 @implementer(ILoadBalancer)
-class RoundRobin:
+class RoundRobin(_HealthAware):
     """
     Weighted round robin (smooth: hosts of weight 2 come up twice as
     often, interleaved rather than in bursts).
     """
 
-    def __init__(self, hosts: Sequence[Host]) -> None:
+    def __init__(self, hosts: Sequence[Host], panicThreshold: float = DEFAULT_PANIC_THRESHOLD,
+                 scope: Any = None) -> None:
+        self._setPanic(panicThreshold, scope)
         self.setHosts(hosts)
 
     def setHosts(self, hosts: Sequence[Host]) -> None:
@@ -45,18 +103,19 @@ class RoundRobin:
         self._current = {id(h): 0 for h in self._hosts}
         self._uniform = len({h.weight for h in self._hosts}) <= 1
         self._next = 0
+        self.refresh()
 
     def refresh(self) -> None:
         """
-        Hosts' health changed: nothing to rebuild, health is read at pick
-        time.
+        Hosts' health changed: re-evaluate panic mode.
         """
+        self._evaluatePanic()
 
     def chooseHost(self, context: Any) -> Host | None:
         """
         See L{ILoadBalancer.chooseHost}.
         """
-        hosts = _healthy(self._hosts)
+        hosts = self._candidates()
         if not hosts:
             return None
         if self._uniform:
@@ -77,13 +136,15 @@ class RoundRobin:
 
 
 @implementer(ILoadBalancer)
-class Random:
+class Random(_HealthAware):
     """
     Weighted random choice.
     """
 
-    def __init__(self, hosts: Sequence[Host], rng: random.Random | None = None) -> None:
+    def __init__(self, hosts: Sequence[Host], rng: random.Random | None = None,
+                 panicThreshold: float = DEFAULT_PANIC_THRESHOLD, scope: Any = None) -> None:
         self._rng = rng or random.Random()
+        self._setPanic(panicThreshold, scope)
         self.setHosts(hosts)
 
     def setHosts(self, hosts: Sequence[Host]) -> None:
@@ -91,25 +152,26 @@ class Random:
         Take a new host set.
         """
         self._hosts = list(hosts)
+        self.refresh()
 
     def refresh(self) -> None:
         """
-        Hosts' health changed: nothing to rebuild, health is read at pick
-        time.
+        Hosts' health changed: re-evaluate panic mode.
         """
+        self._evaluatePanic()
 
     def chooseHost(self, context: Any) -> Host | None:
         """
         See L{ILoadBalancer.chooseHost}.
         """
-        hosts = _healthy(self._hosts)
+        hosts = self._candidates()
         if not hosts:
             return None
         return self._rng.choices(hosts, weights=[h.weight for h in hosts])[0]
 
 
 @implementer(ILoadBalancer)
-class LeastRequest:
+class LeastRequest(_HealthAware):
     """
     Envoy's least request: with equal weights, pick C{choiceCount} hosts
     at random and take the one with fewest active requests; with unequal
@@ -117,9 +179,11 @@ class LeastRequest:
     """
 
     def __init__(self, hosts: Sequence[Host], choiceCount: int = 2,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 panicThreshold: float = DEFAULT_PANIC_THRESHOLD, scope: Any = None) -> None:
         self._rng = rng or random.Random()
         self.choiceCount = choiceCount
+        self._setPanic(panicThreshold, scope)
         self.setHosts(hosts)
 
     def setHosts(self, hosts: Sequence[Host]) -> None:
@@ -127,18 +191,19 @@ class LeastRequest:
         Take a new host set.
         """
         self._hosts = list(hosts)
+        self.refresh()
 
     def refresh(self) -> None:
         """
-        Hosts' health changed: nothing to rebuild, health is read at pick
-        time.
+        Hosts' health changed: re-evaluate panic mode.
         """
+        self._evaluatePanic()
 
     def chooseHost(self, context: Any) -> Host | None:
         """
         See L{ILoadBalancer.chooseHost}.
         """
-        hosts = _healthy(self._hosts)
+        hosts = self._candidates()
         if not hosts:
             return None
         if len({h.weight for h in hosts}) <= 1:
@@ -152,19 +217,22 @@ class LeastRequest:
         return self._rng.choices(hosts, weights=weights)[0]
 
 
-class _ConsistentHash:
+class _ConsistentHash(_HealthAware):
     """
     What RING_HASH and MAGLEV share, as Envoy's thread-aware load balancer:
-    a table built from the healthy hosts and their normalized weights,
-    rebuilt when the hosts or their health change, looked up with the
-    context's C{hashKey} (a random 64-bit value when there is none).
+    a table built from the healthy hosts (all hosts in panic mode) and
+    their normalized weights, rebuilt when the hosts or their health
+    change, looked up with the context's C{hashKey} (a random 64-bit value
+    when there is none).
     """
 
     def __init__(self, hosts: Sequence[Host], rng: random.Random | None,
-                 scope: Any, useHostname: bool) -> None:
+                 scope: Any, useHostname: bool,
+                 panicThreshold: float = DEFAULT_PANIC_THRESHOLD) -> None:
         self._rng = rng or random.Random()
         self._scope = scope
         self.useHostname = useHostname
+        self._setPanic(panicThreshold, scope)
         self._hosts: list[Host] = []
         self._signature: tuple[Any, ...] | None = None
         self._table: Any = None
@@ -182,11 +250,14 @@ class _ConsistentHash:
 
     def refresh(self) -> None:
         """
-        Rebuild the table if the healthy hosts changed: a health checker
-        calls this when a host's C{healthy} flips.  (C{chooseHost} also
-        rebuilds when it lands on a host that has turned unhealthy.)
+        Rebuild the table if the hosts it is built from changed: the
+        cluster calls this when membership or a host's health changes.
+        (C{chooseHost} also rebuilds when it lands on a host that has
+        turned unhealthy without a refresh.)  As Envoy, the table holds
+        the healthy hosts, or every host in panic mode.
         """
-        healthy = [h for h in self._hosts if h.healthy]
+        self._evaluatePanic()
+        healthy = list(self._hosts) if self.panic else [h for h in self._hosts if h.healthy]
         signature = tuple((id(h), hostHashKey(h, self.useHostname), h.weight) for h in healthy)
         if signature == self._signature and self._table is not None:
             return
@@ -211,9 +282,11 @@ class _ConsistentHash:
         key = getattr(context, "hashKey", None) if context is not None else None
         h = self._rng.getrandbits(64) if key is None else key & _MASK64
         host = self._table.chooseHost(h)
-        if host is not None and not host.healthy:
+        if host is not None and not host.healthy and not self.panic:
             self.refresh()
             host = self._table.chooseHost(h)
+        if self.panic and host is not None and self._panicCounter is not None:
+            self._panicCounter.inc()
         return host
 
 
@@ -228,13 +301,14 @@ class RingHash(_ConsistentHash):
 
     def __init__(self, hosts: Sequence[Host], config: RingHashLbConfig | None = None,
                  rng: random.Random | None = None, scope: Any = None,
-                 useHostname: bool = False) -> None:
+                 useHostname: bool = False,
+                 panicThreshold: float = DEFAULT_PANIC_THRESHOLD) -> None:
         self.config = config or RingHashLbConfig()
         if scope is not None:
             ring = scope.scope("ring_hash_lb")
             self._gauges = (ring.gauge("size"), ring.gauge("min_hashes_per_host"),
                             ring.gauge("max_hashes_per_host"))
-        super().__init__(hosts, rng, scope, useHostname)
+        super().__init__(hosts, rng, scope, useHostname, panicThreshold)
 
     @property
     def ring(self) -> Ring:
@@ -268,13 +342,14 @@ class Maglev(_ConsistentHash):
 
     def __init__(self, hosts: Sequence[Host], config: MaglevLbConfig | None = None,
                  rng: random.Random | None = None, scope: Any = None,
-                 useHostname: bool = False) -> None:
+                 useHostname: bool = False,
+                 panicThreshold: float = DEFAULT_PANIC_THRESHOLD) -> None:
         self.config = config or MaglevLbConfig()
         if scope is not None:
             maglev = scope.scope("maglev_lb")
             self._gauges = (maglev.gauge("min_entries_per_host"),
                             maglev.gauge("max_entries_per_host"))
-        super().__init__(hosts, rng, scope, useHostname)
+        super().__init__(hosts, rng, scope, useHostname, panicThreshold)
 
     @property
     def table(self) -> MaglevTable:
@@ -296,7 +371,8 @@ class Maglev(_ConsistentHash):
 def makeLoadBalancer(policy: str, hosts: Sequence[Host], choiceCount: int = 2, *,
                      ringHash: RingHashLbConfig | None = None,
                      maglev: MaglevLbConfig | None = None, useHostname: bool = False,
-                     scope: Any = None) -> Any:
+                     scope: Any = None,
+                     panicThreshold: float = DEFAULT_PANIC_THRESHOLD) -> Any:
     """
     The load balancer for an C{lb_policy} name.
 
@@ -306,14 +382,18 @@ def makeLoadBalancer(policy: str, hosts: Sequence[Host], choiceCount: int = 2, *
         (C{use_hostname_for_hashing}), for RING_HASH and MAGLEV.
     @param scope: the cluster's stats scope (C{cluster.<name>}), where the
         hash load balancers keep Envoy's C{ring_hash_lb.*} /
-        C{maglev_lb.*} gauges.
+        C{maglev_lb.*} gauges and every load balancer counts
+        C{lb_healthy_panic}.
+    @param panicThreshold: C{common_lb_config.healthy_panic_threshold}
+        in percent (see L{inPanic}).
     """
+    t = panicThreshold
     if policy == "RANDOM":
-        return Random(hosts)
+        return Random(hosts, panicThreshold=t, scope=scope)
     if policy == "LEAST_REQUEST":
-        return LeastRequest(hosts, choiceCount)
+        return LeastRequest(hosts, choiceCount, panicThreshold=t, scope=scope)
     if policy == "RING_HASH":
-        return RingHash(hosts, ringHash, scope=scope, useHostname=useHostname)
+        return RingHash(hosts, ringHash, scope=scope, useHostname=useHostname, panicThreshold=t)
     if policy == "MAGLEV":
-        return Maglev(hosts, maglev, scope=scope, useHostname=useHostname)
-    return RoundRobin(hosts)
+        return Maglev(hosts, maglev, scope=scope, useHostname=useHostname, panicThreshold=t)
+    return RoundRobin(hosts, panicThreshold=t, scope=scope)
