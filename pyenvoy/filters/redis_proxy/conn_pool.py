@@ -19,7 +19,7 @@ log = Logger()
 
 UPSTREAM_FAILURE = b"-upstream failure\r\n"
 
-#: How many key hashes a pool remembers.
+#: How many keys' hosts a pool remembers.
 HASH_CACHE_SIZE = 1 << 17
 
 #: How many times per op_timeout a busy connection checks for progress.
@@ -86,10 +86,14 @@ class _Setup:
 
 class Batch:
     """
-    The work one reactor callback leaves for its end: upstream clients
-    with commands to write and downstream filters with replies to write,
-    so that each gets one C{write} per read however many commands the
-    read held.  One per configured filter, shared by its connections.
+    Writes deferred to the end of the reactor iteration: upstream clients
+    with commands to send and downstream filters with replies to send.
+
+    Every ready socket of one epoll round is read before anything is
+    written, so each shard gets one write per round however many clients
+    sent it commands, and each client one write however many shards
+    answered it: the syscalls, not the Python, were most of the cost.
+    One per configured filter, shared by its connections.
     """
 
     def __init__(self, reactor: Any) -> None:
@@ -98,11 +102,23 @@ class Batch:
         self.dirty: list[Any] = []
         #: The reactor's time at the start of the current callback.
         self.now = 0.0
+        self._scheduled = False
 
     def end(self) -> None:
         """
-        Write what the callback queued: commands first, then replies.
+        A callback is done queueing: write once the reactor has served
+        every socket that is ready now.
         """
+        if not self._scheduled and (self.touched or self.dirty):
+            self._scheduled = True
+            self.reactor.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        """
+        Write what was queued: commands first, then replies.
+        """
+        self._scheduled = False
+        self.now = self.reactor.seconds()
         while self.touched or self.dirty:
             touched, self.touched = self.touched, []
             for client in touched:
@@ -380,9 +396,10 @@ class ConnPool:
         self._clients: dict[Any, UpstreamClient] = {}
         self._unknownHosts: dict[str, Host] = {}
         self._lbContext = _HashContext()
-        #: Recent keys' MurmurHash2 (pure Python, the costliest step of
-        #: routing a command); cleared whenever it fills up.
-        self._hashes: dict[bytes, int] = {}
+        #: Recent keys' hosts, valid while the table has not been rebuilt
+        #: (C{lb.builds}); cleared whenever it fills up.
+        self._hosts: dict[bytes, Host] = {}
+        self._builds: int | None = None
         options = getattr(self.cluster.config, "redisProtocolOptions", None)
         self._credentials = options.credentialsFor if options is not None else None
         clusterManager.onHostsRemoved(clusterName, self._hostsRemoved)
@@ -415,22 +432,38 @@ class ConnPool:
     def hostForKey(self, key: bytes) -> Host | None:
         """
         The host of the cluster that owns C{key}.
+
+        With RING_HASH or MAGLEV the answer only changes when the table is
+        rebuilt (its C{builds} count moves), so recent keys' hosts are
+        remembered until then: hashing a key and walking the table were
+        most of the cost of routing a command.
         """
+        lb = self.cluster.lb
+        builds = getattr(lb, "builds", None)
+        if builds is not None:
+            if builds != self._builds:
+                self._builds = builds
+                self._hosts.clear()
+            host = self._hosts.get(key)
+            if host is not None:
+                return host
+        hashed = key
         if self.hashtagging:
             start = key.find(b"{")
             if start >= 0:
                 end = key.find(b"}", start + 1)
                 if end > start + 1:
-                    key = key[start + 1:end]
-        cache = self._hashes
-        hashKey = cache.get(key)
-        if hashKey is None:
-            if len(cache) >= HASH_CACHE_SIZE:
-                cache.clear()
-            hashKey = cache[key] = murmurHash2(key)
+                    hashed = key[start + 1:end]
         context = self._lbContext
-        context.hashKey = hashKey
-        return self.cluster.lb.chooseHost(context)
+        context.hashKey = murmurHash2(hashed)
+        host = lb.chooseHost(context)
+        if builds is not None and host is not None:
+            if getattr(lb, "builds", None) == builds and not getattr(lb, "panic", False):
+                hosts = self._hosts
+                if len(hosts) >= HASH_CACHE_SIZE:
+                    hosts.clear()
+                hosts[key] = host
+        return host
 
     def clientForKey(self, key: bytes, db: int = 0) -> UpstreamClient | None:
         """

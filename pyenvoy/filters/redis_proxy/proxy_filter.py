@@ -520,6 +520,7 @@ class RedisProxyFilter:
                 # Envoy closes without flushing, so its client never sees
                 # why; this one is written first (docs/redis_proxy.md).
                 self._quitting = True
+                self.flushReplies()
                 self.connection.write(b"-downstream protocol error\r\n")
                 self.connection.close(CloseType.FLUSH_WRITE, "downstream protocol error")
                 return FilterStatus.STOP_ITERATION
