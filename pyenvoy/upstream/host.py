@@ -66,8 +66,22 @@ class Host:
         #: The endpoint's C{health_check_config.disable_active_health_check}.
         self.disableActiveHealthCheck = disableActiveHealthCheck
         self.stats = HostStats()
-        #: The L{HealthFlag}s set on this host.
-        self.healthFlags = HealthFlag(0)
+        self._healthFlags = HealthFlag(0)
+        self._healthy = True
+
+    @property
+    def healthFlags(self) -> HealthFlag:
+        """
+        The L{HealthFlag}s set on this host.
+        """
+        return self._healthFlags
+
+    @healthFlags.setter
+    def healthFlags(self, flags: HealthFlag) -> None:
+        self._healthFlags = flags
+        # Load balancers ask on every pick: keep the answer as a plain bool
+        # rather than doing enum arithmetic each time.
+        self._healthy = not flags & HealthFlag.FAILED_ACTIVE_HC
 
     @property
     def healthy(self) -> bool:
@@ -77,7 +91,7 @@ class Host:
         load balancer learns of the change through
         L{pyenvoy.upstream.cluster.Cluster.healthChanged}.
         """
-        return not self.healthFlags & HealthFlag.FAILED_ACTIVE_HC
+        return self._healthy
 
     @healthy.setter
     def healthy(self, value: bool) -> None:
