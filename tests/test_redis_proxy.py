@@ -464,6 +464,45 @@ class FailureTests(TestCase):
         self.assertEqual({k for k, v in again.items() if v is None}, {k.decode() for k in onFirst})
         self.assertTrue(all(v == b"1" for k, v in again.items() if k.encode() not in onFirst))
 
+    async def test_healthCheckEjectsDeadShard(self) -> None:
+        """
+        With Envoy's Redis health checker on the cluster, a killed shard
+        leaves the ring (its keys go to the live shard, as under Envoy)
+        and comes back once it answers PING again.
+        """
+        shards = await startRedisServers(self, 2)
+        checks = [{"timeout": "0.5s", "interval": "0.1s", "no_traffic_interval": "0.1s",
+                   "unhealthy_threshold": 1, "healthy_threshold": 1,
+                   "custom_health_check": {
+                       "name": "envoy.health_checkers.redis",
+                       "typed_config": {"@type": "type.googleapis.com/envoy.extensions."
+                                                 "health_checkers.redis.v3.Redis"}}}]
+        server = startServer(self, redisProxyConfig([s.port for s in shards],
+                                                    cluster={"health_checks": checks}))
+        port = listenerPort(server)
+
+        async def healthy(count: int) -> None:
+            end = time.monotonic() + 15
+            while stat(server, "cluster.redis.membership_healthy") != count:
+                self.assertLess(time.monotonic(), end, f"never {count} healthy")
+                await deferLater(reactor, 0.05, lambda: None)
+
+        await healthy(2)
+        keys = [f"h{i}" for i in range(40)]
+        await inThread(lambda: [_client(port).set(k, "before") for k in keys])
+        onFirst = {k.encode() for k in keys} & await inThread(shards[0].keys)
+        self.assertTrue(onFirst)
+        shards[0].stop()
+        await healthy(1)
+        # Every key now lives on the second shard.
+        await inThread(lambda: [_client(port).set(k, "during") for k in keys])
+        self.assertEqual(await inThread(shards[1].keys), {k.encode() for k in keys})
+        self.assertGreater(stat(server, "cluster.redis.health_check.failure"), 0)
+        await shards[0].start()
+        await healthy(2)
+        await inThread(lambda: [_client(port).set(k, "after") for k in keys])
+        self.assertEqual(await inThread(shards[0].keys), onFirst)
+
     async def test_opTimeout(self) -> None:
         """
         An upstream that never answers fails the command with 'upstream
