@@ -148,15 +148,18 @@ class ShardingTests(TestCase):
         reply = await inThread(
             _rawExchange, self.port,
             b"FOO bar\r\n*1\r\n$3\r\nGET\r\n*2\r\n$4\r\nMSET\r\n$1\r\na\r\n"
-            b"PING\r\nECHO hi\r\nECHO\r\n*2\r\n$3\r\nGET\r\n:1\r\n")
+            b"PING\r\nECHO hi\r\nECHO\r\n*2\r\n$3\r\nGET\r\n:1\r\n"
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n:1\r\n")
         self.assertEqual(
             reply,
             b"-ERR unknown command 'FOO', with args beginning with: bar\r\n"
             b"-invalid request\r\n"
             b"-wrong number of arguments for 'MSET' command\r\n"
-            b"+PONG\r\n$2\r\nhi\r\n-invalid request\r\n-invalid request\r\n")
+            b"+PONG\r\n$2\r\nhi\r\n-invalid request\r\n-invalid request\r\n"
+            b"-invalid request\r\n")
         self.assertEqual(stat(self.server, "redis.test.splitter.unsupported_command"), 1)
-        self.assertEqual(stat(self.server, "redis.test.splitter.invalid_request"), 3)
+        self.assertEqual(stat(self.server, "redis.test.splitter.invalid_request"), 4)
+        self.assertEqual(stat(self.server, "redis.test.command.set.total"), 0)
         self.assertEqual(stat(self.server, "redis.test.command.mset.error"), 1)
         seconds, micros = await inThread(lambda: _client(self.port).time())
         self.assertLess(abs(seconds - time.time()), 5)
