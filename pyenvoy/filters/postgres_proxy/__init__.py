@@ -7,6 +7,7 @@ a byte.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -43,6 +44,9 @@ _NOTICES = {"WARNING": "notices_warning", "NOTICE": "notices_notice",
 _STATEMENTS = {"SELECT": "statements_select", "INSERT": "statements_insert",
                "UPDATE": "statements_update", "DELETE": "statements_delete"}
 _ENCRYPTION_REQUESTS = ("SSLRequest", "GSSENCRequest", "CancelRequest")
+#: The typed messages the filter acts on; the decoders only count the rest.
+_FRONTEND_WANTED = frozenset("QPX")
+_BACKEND_WANTED = frozenset("CENR")
 #: The SSLRequest sent to the server for upstream_ssl REQUIRE.
 SSL_REQUEST = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"
 
@@ -60,10 +64,28 @@ class PostgresProxyConfig:
     upstreamSsl: str = "DISABLE"
 
 
+#: String and numeric literals: they never change which tables a statement
+#: touches, so statements that differ only in them share a cache entry.
+_LITERALS = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b")
+#: Text where literal boundaries are not that simple (quoted identifiers,
+#: backslash escapes, comments, dollar quoting, C{$} inside identifiers
+#: such as C{t$1}): cached verbatim instead.  Only C{$n} parameters after
+#: a non-word character are allowed.
+_NOT_NORMALISABLE = re.compile(r'"|\\|--|/\*|\w\$|\$(?!\d)')
+#: Entries in the SQL cache before it is emptied.
+SQL_CACHE_SIZE = 4096
+
+
 class _Shared:
     """
     What every connection of one configured postgres_proxy shares: the
-    stats and the SQL parser.
+    stats, the SQL parser and a cache of its results.
+
+    The cache maps a statement with its literals replaced by C{?} (and the
+    database) to the parse result, so a workload that repeats the same
+    statements with different values (pgbench, any ORM) parses each shape
+    once.  The result of a cached statement is the same as parsing it: the
+    tables and operations of a statement do not depend on its literals.
     """
 
     def __init__(self, config: PostgresProxyConfig, store: Any,
@@ -73,6 +95,32 @@ class _Shared:
         self.scope = scope = store.scope(f"postgres.{config.statPrefix}")
         self.stats = {name: scope.counter(name) for name in COUNTERS}
         self.parseSql = parseSql
+        self._sqlCache: dict[tuple[str, str | None],
+                             tuple[tuple[str, tuple[str, ...]], ...] | None] = {}
+
+    def tables(self, sql: str, database: str | None
+               ) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+        """
+        The parse result of C{sql} (see L{parseSql}) as immutable pairs,
+        from the cache when a statement of the same shape was seen.
+        """
+        if _NOT_NORMALISABLE.search(sql) is None:
+            key = (_LITERALS.sub("?", sql), database)
+        else:
+            key = (sql, database)
+        cache = self._sqlCache
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        assert self.parseSql is not None
+        parsed = self.parseSql(sql, database)
+        result = None if parsed is None else tuple(
+            (table, tuple(ops)) for table, ops in parsed.items())
+        if len(cache) >= SQL_CACHE_SIZE:
+            cache.clear()
+        cache[key] = result
+        return result
 
     def inc(self, *names: str) -> None:
         """
@@ -80,6 +128,15 @@ class _Shared:
         """
         for name in names:
             self.stats[name].value += 1
+
+    def count(self, direction: str, n: int) -> None:
+        """
+        Count C{n} messages of C{direction} (C{"messages_frontend"} or
+        C{"messages_backend"}) that were not decoded.
+        """
+        stats = self.stats
+        stats["messages"].value += n
+        stats[direction].value += n
 
 
 @implementer(IReadFilter, IWriteFilter)
@@ -91,15 +148,18 @@ class PostgresProxyFilter:
     """
 
     def __init__(self, shared: _Shared) -> None:
-        from pyenvoy.filters.postgres_proxy.codec import Decoder
+        from pyenvoy.filters.postgres_proxy.codec import Decoder, MalformedMessage
 
+        self._malformedType = MalformedMessage
         self.shared = shared
         self.sniffing = True
-        self.frontend = Decoder(frontend=True)
-        self.backend = Decoder(frontend=False)
+        self.frontend = Decoder(frontend=True, only=_FRONTEND_WANTED)
+        self.backend = Decoder(frontend=False, only=_BACKEND_WANTED)
         self.started = False
         self.inTransaction = False
         self.parameters: dict[str, str] = {}
+        #: The parse result last written to the dynamic metadata.
+        self._lastTables: Any = None
         #: terminate_ssl: the client's first bytes, held until its first
         #: startup-phase message is whole (an SSLRequest is answered here
         #: and never forwarded).
@@ -130,10 +190,12 @@ class PostgresProxyFilter:
         if self._early is not None:
             return self._earlyData(data, endStream)
         if self.sniffing and data:
+            decoded = 0
             for message in self.frontend.feed(data):
-                self._frontendMessage(message)
+                decoded += self._frontendMessage(message)
                 if not self.sniffing:
                     break
+            self._countFrontend(decoded)
         return FilterStatus.CONTINUE
 
     def _earlyData(self, data: bytes, endStream: bool) -> FilterStatus:
@@ -148,28 +210,42 @@ class PostgresProxyFilter:
         early += data
         release = endStream or not self.sniffing
         if data and self.sniffing:
+            decoded = 0
             for message in self.frontend.feed(data):
                 name = getattr(message, "name", None)
                 if name == "SSLRequest" and self.shared.config.terminateSsl:
-                    del early[:message.length]
+                    del early[:8]  # an SSLRequest is always 8 bytes
                     if not self._terminateSsl():
                         return FilterStatus.STOP_ITERATION
                     continue
-                self._frontendMessage(message)
+                decoded += self._frontendMessage(message)
                 release = True
                 if name == "StartupMessage" and self.shared.config.upstreamSsl == "REQUIRE":
                     # Envoy buffers the startup and asks the server for TLS.
+                    self._countFrontend(decoded)
                     self._early = None
                     self._replay = early
                     self.readCallbacks.injectReadData(SSL_REQUEST, False)
                     return FilterStatus.STOP_ITERATION
                 if not self.sniffing:
                     break
+            self._countFrontend(decoded)
         if not release:
             return FilterStatus.STOP_ITERATION
         self._early = None
         self.readCallbacks.injectReadData(bytes(early), endStream)
         return FilterStatus.STOP_ITERATION
+
+    def _countFrontend(self, decoded: int) -> None:
+        """
+        Count C{decoded} frontend messages and those the decoder skipped
+        without decoding.
+        """
+        decoder = self.frontend
+        n = decoded + decoder.counted
+        decoder.counted = 0
+        if n:
+            self.shared.count("messages_frontend", n)
 
     def _upstreamAnswer(self, data: bytes) -> None:
         """
@@ -221,10 +297,16 @@ class PostgresProxyFilter:
                 self._upstreamAnswer(data)
             return FilterStatus.STOP_ITERATION
         if self.sniffing and self.started and data:
-            for message in self.backend.feed(data):
-                self._backendMessage(message)
+            decoder = self.backend
+            n = 0
+            for message in decoder.feed(data):
+                n += self._backendMessage(message)
                 if not self.sniffing:
                     break
+            n += decoder.counted
+            decoder.counted = 0
+            if n:
+                self.shared.count("messages_backend", n)
         return FilterStatus.CONTINUE
 
     def _stop(self) -> None:
@@ -232,22 +314,24 @@ class PostgresProxyFilter:
         self.frontend.stop()
         self.backend.stop()
 
-    def _malformed(self, message: Any, direction: str) -> bool:
-        from pyenvoy.filters.postgres_proxy.codec import MalformedMessage
-
-        if not isinstance(message, MalformedMessage):
-            return False
+    def _malformed(self, message: Any, direction: str) -> None:
+        """
+        The decoder lost sync: count it, log it, stop inspecting.
+        """
         log.info("postgres_proxy: {direction} decoding error, inspection stopped: {reason}",
                  direction=direction, reason=message.reason)
         self.shared.inc("decoding_error")
         self._stop()
-        return True
 
-    def _frontendMessage(self, message: Any) -> None:
-        if self._malformed(message, "frontend"):
-            return
+    def _frontendMessage(self, message: Any) -> bool:
+        """
+        Act on one decoded client message as Envoy does; C{False} (not a
+        message to count) for a decoding error.
+        """
+        if type(message) is self._malformedType:
+            self._malformed(message, "frontend")
+            return False
         shared = self.shared
-        shared.inc("messages", "messages_frontend")
         name = message.name
         if message.type == "":
             if name in _ENCRYPTION_REQUESTS:
@@ -263,7 +347,7 @@ class PostgresProxyFilter:
             else:
                 shared.inc("messages", "messages_unknown")
                 self._stop()
-            return
+            return True
         if name == "Unknown":
             shared.inc("messages", "messages_unknown")
         elif name in ("Query", "Parse"):
@@ -272,12 +356,17 @@ class PostgresProxyFilter:
             if self.inTransaction:
                 self.inTransaction = False
                 shared.inc("transactions_rollback")
+        return True
 
-    def _backendMessage(self, message: Any) -> None:
-        if self._malformed(message, "backend"):
-            return
+    def _backendMessage(self, message: Any) -> bool:
+        """
+        Act on one decoded server message as Envoy does; C{False} (not a
+        message to count) for a decoding error.
+        """
+        if type(message) is self._malformedType:
+            self._malformed(message, "backend")
+            return False
         shared = self.shared
-        shared.inc("messages", "messages_backend")
         name = message.name
         if name == "CommandComplete":
             self._commandComplete(message.values["command"])
@@ -290,6 +379,7 @@ class PostgresProxyFilter:
                 shared.inc("sessions", "sessions_unencrypted")
         elif name == "Unknown":
             shared.inc("messages", "messages_unknown")
+        return True
 
     def _commandComplete(self, command: str) -> None:
         """
@@ -318,14 +408,19 @@ class PostgresProxyFilter:
         parse = self.shared.parseSql
         if parse is None:
             return
-        tables = parse(sql, self.parameters.get("database"))
+        tables = self.shared.tables(sql, self.parameters.get("database"))
         if tables is None:
             self.shared.inc("statements_parse_error")
             return
         self.shared.inc("statements_parsed")
+        if tables is self._lastTables:
+            # The same statement shape again: its entries are already set.
+            return
+        self._lastTables = tables
         metadata = self.connection.streamInfo.dynamicMetadata.setdefault(
             METADATA_NAMESPACE, {})
-        metadata.update(tables)
+        for table, ops in tables:
+            metadata[table] = list(ops)
 
 
 def parseSql(sql: str, database: str | None) -> dict[str, list[str]] | None:

@@ -226,6 +226,9 @@ def _backend(kind: str, body: bytes) -> dict[str, Any]:
     return {}
 
 
+_DECODE, _SKIP, _COUNT = range(3)
+
+
 class Decoder:
     """
     Decode one direction of a connection.
@@ -245,23 +248,44 @@ class Decoder:
     C{secretKey}; RowDescription C{columns}; Copy*Response C{format},
     C{columns}; EncryptionResponse C{accepted}.
 
+    With C{only}, a set of type characters, known typed messages of other
+    types are neither decoded nor returned: they are only checked for a
+    sane (or, where the protocol fixes it, exact) length and counted in
+    L{counted}.  A sniffer that acts on a few types (Envoy's acts on
+    CommandComplete, ErrorResponse, NoticeResponse, Authentication, Query,
+    Parse and Terminate) then costs one header unpack per other message.
+    Unknown types and startup-phase messages are always returned.
+
     @ivar frontend: whether this decodes what the client sends.
     @ivar startup: whether the next message is an untyped startup-phase one.
+    @ivar counted: how many messages were skipped because of C{only}; the
+        caller reads and resets it.
     """
 
-    def __init__(self, frontend: bool, maxLength: int = MAX_MESSAGE_LENGTH) -> None:
+    def __init__(self, frontend: bool, maxLength: int = MAX_MESSAGE_LENGTH,
+                 only: frozenset[str] | None = None) -> None:
         self.frontend = frontend
         self.startup = frontend
         self.stopped = False
         self.maxLength = maxLength
+        self.counted = 0
         self._buffer = bytearray()
         self._skip = 0
         self._pending: Message | None = None
+        self._pendingCounted = False
+        self._consumed = 0
         self._encryptionResponse = False
-        self._names = FRONTEND_TYPES if frontend else BACKEND_TYPES
-        self._skipTypes = _FRONTEND_SKIP if frontend else _BACKEND_SKIP
-        self._fixed = _FRONTEND_FIXED if frontend else _BACKEND_FIXED
+        self._names = names = FRONTEND_TYPES if frontend else BACKEND_TYPES
+        self._fixed = {kind.encode("latin-1"): length for kind, length in
+                       (_FRONTEND_FIXED if frontend else _BACKEND_FIXED).items()}
         self._decode = _frontend if frontend else _backend
+        skipTypes = _FRONTEND_SKIP if frontend else _BACKEND_SKIP
+        #: What to do with each known type: decode it, skip its body but
+        #: return it, or only count it.
+        self._actions = {
+            kind.encode("latin-1"): (_COUNT if only is not None and kind not in only
+                                     else _SKIP if kind in skipTypes else _DECODE)
+            for kind in names}
 
     def expectEncryptionResponse(self) -> None:
         """
@@ -282,19 +306,30 @@ class Decoder:
             if len(data) <= self._skip:
                 self._skip -= len(data)
                 if not self._skip:
-                    out.append(self._pendingDone())
+                    self._pendingDone(out)
                 return out
-            view = memoryview(data)[self._skip:]
+            source: Any = memoryview(data)[self._skip:]
             self._skip = 0
-            out.append(self._pendingDone())
-            self._buffer += view
+            self._pendingDone(out)
         else:
-            self._buffer += data
+            source = data
+        buffered = self._buffer
+        if buffered:
+            # The start of a message is waiting: complete it in place.
+            buffered += source
+            source = buffered
         try:
-            self._run(out)
+            self._run(out, source)
         except Malformed as e:
             self.stop()
             out.append(MalformedMessage(str(e)))
+            return out
+        # Keep what is left: the start of the next message, if any.
+        pos = self._consumed
+        if source is buffered:
+            del buffered[:pos]
+        elif pos < len(source):
+            self._buffer = bytearray(source[pos:])
         return out
 
     def stop(self) -> None:
@@ -305,19 +340,29 @@ class Decoder:
         self._buffer = bytearray()
         self._skip = 0
         self._pending = None
+        self._pendingCounted = False
 
-    def _pendingDone(self) -> Message:
+    def _pendingDone(self, out: list[Message | MalformedMessage]) -> None:
+        if self._pendingCounted:
+            self._pendingCounted = False
+            self.counted += 1
+            return
         message = self._pending
         assert message is not None
         self._pending = None
-        return message
+        out.append(message)
 
-    def _run(self, out: list[Message | MalformedMessage]) -> None:
-        buf = self._buffer
+    def _run(self, out: list[Message | MalformedMessage], buf: Any) -> None:
+        """
+        Decode the whole messages at the start of C{buf} (bytes, a
+        memoryview or the buffer); set C{_consumed} to how many bytes they
+        (and a body being skipped) took.
+        """
         size = len(buf)
         pos = 0
         try:
-            while True:
+            # The untyped prefix: an encryption answer, startup messages.
+            while self._encryptionResponse or self.startup:
                 if self._encryptionResponse:
                     if pos >= size:
                         return
@@ -329,32 +374,46 @@ class Decoder:
                                        {"accepted": answer != "N"}))
                     pos += 1
                     continue
-                if self.startup:
-                    if size - pos < 4:
-                        return
-                    length = _UINT32.unpack_from(buf, pos)[0]
-                    if length < 8 or length > MAX_STARTUP_PACKET_LENGTH:
-                        raise Malformed(f"startup message of length {length}")
-                    if size - pos < length:
-                        return
-                    message = _startup(bytes(buf[pos + 4:pos + length]), length)
-                    if message.name == "StartupMessage":
-                        self.startup = False
-                    out.append(message)
-                    pos += length
-                    continue
-                if size - pos < 5:
+                if size - pos < 4:
                     return
-                kindByte, length = _HEADER.unpack_from(buf, pos)
-                kind = chr(kindByte[0])
-                if length < 4 or length > self.maxLength:
-                    raise Malformed(f"{kind!r} message of length {length}")
-                fixed = self._fixed.get(kind)
-                if fixed is not None and length != fixed:
-                    raise Malformed(f"{kind!r} message of length {length}, not {fixed}")
+                length = _UINT32.unpack_from(buf, pos)[0]
+                if length < 8 or length > MAX_STARTUP_PACKET_LENGTH:
+                    raise Malformed(f"startup message of length {length}")
+                if size - pos < length:
+                    return
+                message = _startup(bytes(buf[pos + 4:pos + length]), length)
+                if message.name == "StartupMessage":
+                    self.startup = False
+                out.append(message)
+                pos += length
+            # Typed messages: one header unpack each; bodies are only
+            # sliced for the types that are decoded.
+            unpack = _HEADER.unpack_from
+            actions = self._actions
+            fixed = self._fixed
+            maxLength = self.maxLength
+            while size - pos >= 5:
+                kindByte, length = unpack(buf, pos)
+                if length < 4 or length > maxLength:
+                    raise Malformed(f"{kindByte.decode('latin-1')!r} message of length {length}")
+                expected = fixed.get(kindByte)
+                if expected is not None and length != expected:
+                    raise Malformed(f"{kindByte.decode('latin-1')!r} message of length "
+                                    f"{length}, not {expected}")
                 total = length + 1
+                action = actions.get(kindByte, _SKIP)
+                if action == _COUNT:
+                    if size - pos < total:
+                        self._skip = total - (size - pos)
+                        self._pendingCounted = True
+                        pos = size
+                        return
+                    self.counted += 1
+                    pos += total
+                    continue
+                kind = kindByte.decode("latin-1")
                 name = self._names.get(kind, "Unknown")
-                if kind in self._skipTypes or name == "Unknown":
+                if action == _SKIP:
                     message = Message(name, kind, total)
                     if size - pos < total:
                         self._skip = total - (size - pos)
@@ -374,5 +433,4 @@ class Decoder:
                 out.append(Message(name, kind, total, values))
                 pos += total
         finally:
-            if not self.stopped:
-                del buf[:pos]
+            self._consumed = pos
