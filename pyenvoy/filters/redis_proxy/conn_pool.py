@@ -465,6 +465,18 @@ class ConnPool:
                 hosts[key] = host
         return host
 
+    def cachedClient(self, key: bytes) -> UpstreamClient | None:
+        """
+        The database-0 client for a key whose host is remembered and whose
+        connection exists, or C{None} (then use L{clientForKey}).
+        """
+        if getattr(self.cluster.lb, "builds", None) != self._builds:
+            return None
+        host = self._hosts.get(key)
+        if host is None:
+            return None
+        return self._clients.get(host)
+
     def clientForKey(self, key: bytes, db: int = 0) -> UpstreamClient | None:
         """
         The shared client of the host that owns C{key}, or C{None} when

@@ -160,6 +160,11 @@ class _Shared:
             self.faults[name].extend(allCommands)
         self.faultsForAll = allCommands
         self.hasFaults = bool(config.faults)
+        #: The catch-all route when it is the only route and nothing
+        #: (mirrors, redirection, command stats) needs the general path.
+        self.plainRoute = self.catchAll if (
+            self.catchAll is not None and not self.routes and not self.catchAll.mirrors
+            and not config.enableRedirection and not config.enableCommandStats) else None
         self.random = random.Random()
         #: Open connections, so a drain can close the idle ones.
         self.open: set[Any] = set()
@@ -224,19 +229,23 @@ class _Slot:
     the upstream command that answers it.
     """
 
-    __slots__ = ("owner", "reply", "stats", "start", "quit", "delay", "request", "pool",
-                 "after")
+    # Rarely set, so class defaults: a slot is made per command, and
+    # setting four attributes costs half of setting nine.
+    reply: bytes | None = None
+    #: QUIT's slot: close once written.
+    quit = False
+    #: A DELAY fault's delay.
+    delay = 0.0
+    #: The command as sent, kept to follow MOVED/ASK (enable_redirection).
+    request: bytes | None = None
+    pool: ConnPool | None = None
+    #: A hook run on the reply before it is stored (may replace it).
+    after: Any = None
 
     def __init__(self, owner: "RedisProxyFilter", stats: _CommandStats | None) -> None:
         self.owner = owner
-        self.reply: bytes | None = None
         self.stats = stats
         self.start = owner.batch.now
-        self.quit = False
-        self.delay = 0.0
-        self.request: bytes | None = None
-        self.pool: ConnPool | None = None
-        self.after: Any = None
 
     def onReply(self, raw: bytes) -> None:
         if raw[0] == 45 and self.request is not None and self.owner.redirect(self, raw):
@@ -340,8 +349,6 @@ class _Split(_Slot):
     A command answered by several upstream commands (MGET, MSET, DEL and
     the other summed ones, fan-out to every shard), combined as Envoy does.
     """
-
-    __slots__ = ("kind", "parts", "remaining", "combine")
 
     def __init__(self, owner: "RedisProxyFilter", stats: _CommandStats | None, count: int,
                  combine: Any) -> None:
@@ -638,7 +645,10 @@ class RedisProxyFilter:
             # before anything is queued.
             entry.stats.total.value += 1  # type: ignore[union-attr]
             try:
-                self._simple(request, entry, 1)
+                if shared.plainRoute is not None and not self.db and self._draining is None:
+                    self._plainSimple(request, entry, shared.plainRoute.pool)
+                else:
+                    self._simple(request, entry, 1)
             except TypeError:
                 entry.stats.total.value -= 1  # type: ignore[union-attr]
                 shared.invalid_request.value += 1
@@ -844,6 +854,21 @@ class RedisProxyFilter:
             client = pool.clientForKey(key, self.db)
             if client is not None:
                 client.send(data, IGNORE)
+
+    def _plainSimple(self, request: list[bytes], entry: _Command, pool: ConnPool) -> None:
+        """
+        L{_simple} for the common setup (a catch-all route only, no
+        mirror, redirection or command stats, database 0), with the
+        key's connection found in one step when the key was seen lately.
+        """
+        client = pool.cachedClient(request[1])
+        if client is None:
+            self._simple(request, entry, 1)
+            return
+        data = encodeCommand(request)
+        slot = _Slot(self, entry.stats)
+        self._queue.append(slot)
+        client.send(data, slot)
 
     def _simple(self, request: list[bytes], entry: _Command, keyIndex: int) -> _Slot | None:
         route, key = self._routeKey(request, keyIndex)
