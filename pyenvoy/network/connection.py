@@ -79,6 +79,15 @@ class Connection(Protocol):
         self._producer: Any = None
         #: The L{pyenvoy.network.tls.TlsSession} when the chain terminates TLS.
         self._tls: Any = None
+        #: Its L{pyenvoy.network.tls.ServerTlsLayer} (OpenSSL over memory BIOs).
+        self._tlsLayer: Any = None
+        #: Why TLS failed (a L{Failure} of C{SSL.Error}), for C{connectionLost}.
+        self._tlsFailure: Failure | None = None
+        #: What to do once the handshake completes: C{"end"} (half-close) or
+        #: C{"close"}, asked for while it was still going on.
+        self._tlsAfterHandshake: str | None = None
+        #: Plaintext reads go here once the filter chain exists.
+        self._deliver: Callable[[bytes], None] | None = None
         self._tlsWaiters: list[Callable[[], None]] = []
         #: The chain's L{pyenvoy.network.tls.ServerTls} while a starttls
         #: transport socket has not been switched to TLS yet.
@@ -145,28 +154,135 @@ class Connection(Protocol):
             self.filterManager = manager = FilterManager(
                 self, filters, self._output, self._isOpen)
             manager.initialize()
-            self.dataReceived = self._countingRead(  # type: ignore[method-assign]
-                manager.singleReader() or manager.onRead)
+            self._deliver = self._countingRead(manager.singleReader() or manager.onRead)
+            if self._tlsLayer is None:
+                self.dataReceived = self._deliver  # type: ignore[method-assign, assignment]
             if not manager.hasWriteFilters():
                 # Nothing to run on the way out: write straight to the transport.
                 self.write = self._output  # type: ignore[method-assign]
             if buffered and self.open:
                 self.dataReceived(buffered)
             if encrypted and self.open:
-                self.transport.protocol.dataReceived(encrypted)
+                self.dataReceived(encrypted)
             if self._readClosed and self.open:
                 manager.onRead(b"", True)
         except Exception:
             self._filterFailed(Failure())
 
     def _startTls(self, serverTls: Any) -> None:
-        from pyenvoy.network.tls import shutdownWrite
+        """
+        Put TLS between the socket and the filters: from now on reads are
+        ciphertext for the L{ServerTlsLayer}, and writes are encrypted by it.
+        """
+        from pyenvoy.network.tls import ServerTlsLayer
 
-        transport = self.transport
-        self._tls = serverTls.newSession(self.streamInfo)
-        transport.startTLS(self._tls)
-        self._send = transport.write
-        self._endWrite = lambda: shutdownWrite(transport)  # type: ignore[method-assign]
+        self._tls = session = serverTls.newSession(self.streamInfo)
+        self._tlsLayer = ServerTlsLayer(session)
+        # The socket only ever gets ciphertext now: write it through.
+        self._rawSend = self._send
+        self._send = self._tlsSend  # type: ignore[method-assign]
+        self._endWrite = self._tlsEndWrite  # type: ignore[method-assign]
+        self.dataReceived = self._tlsReceived  # type: ignore[method-assign]
+
+    def _tlsReceived(self, data: bytes) -> None:
+        """
+        Ciphertext from the socket: advance the handshake, hand the
+        plaintext to the filters, send what OpenSSL has to say.
+        """
+        layer = self._tlsLayer
+        if layer.peerClosed or self._tlsFailure is not None:
+            return
+        try:
+            done, plaintext = layer.receive(data)
+        except layer.Error:
+            self._tlsFailed(Failure())
+            return
+        out = layer.output()
+        if out:
+            self._rawSend(out)
+        if done:
+            self._tlsEstablished()
+        if plaintext and self.open and self._deliver is not None:
+            self._deliver(plaintext)
+        if layer.peerClosed and self.open:
+            # close_notify: the peer is done sending, as a FIN would say.
+            self.readConnectionLost()
+
+    def _tlsFailed(self, failure: Failure) -> None:
+        """
+        The handshake (or the record layer) failed: send the alert, close.
+        """
+        self._tlsFailure = failure
+        out = self._tlsLayer.output()
+        if out:
+            self._rawSend(out)
+        if self.open:
+            self.transport.loseConnection()
+
+    def _tlsEstablished(self) -> None:
+        """
+        The handshake just completed: send what was held, tell the
+        listeners (L{handshakeCompleted}), then what was asked meanwhile.
+        """
+        layer = self._tlsLayer
+        if layer.pending:
+            out = layer.flushPending()
+            if out:
+                self._rawSend(out)
+        self.handshakeCompleted()
+        after, self._tlsAfterHandshake = self._tlsAfterHandshake, None
+        if after == "end" and self.open:
+            self._tlsEndWrite()
+        elif after == "close" and self.open:
+            self._tlsClose()
+
+    def _tlsSend(self, data: bytes) -> None:
+        if self._tlsFailure is not None:
+            return
+        layer = self._tlsLayer
+        try:
+            out = layer.write(data)
+        except layer.Error:
+            self._tlsFailed(Failure())
+            return
+        if out:
+            self._rawSend(out)
+
+    def _tlsEndWrite(self) -> None:
+        """
+        C{endStream} on a TLS connection, as Envoy: close_notify, then
+        half-close the socket.  While the handshake is still going on it
+        waits for it when data is held, else closes.
+        """
+        layer = self._tlsLayer
+        if not layer.established:
+            if layer.pending:
+                self._tlsAfterHandshake = "end"
+            else:
+                self.transport.loseConnection()
+            return
+        out = layer.closeNotify()
+        if out:
+            self._rawSend(out)
+        self.transport.loseWriteConnection()
+
+    def _tlsClose(self) -> None:
+        """
+        A flushing close on a TLS connection: close_notify after what is
+        queued, then close.  Mid-handshake there is nothing to flush unless
+        data is held for after it; otherwise the socket is just aborted.
+        """
+        layer = self._tlsLayer
+        if not layer.established:
+            if layer.pending and self._tlsFailure is None:
+                self._tlsAfterHandshake = "close"
+            else:
+                self.transport.abortConnection()
+            return
+        out = layer.closeNotify()
+        if out:
+            self._rawSend(out)
+        self.transport.loseConnection()
 
     def startSecureTransport(self) -> bool:
         """
@@ -259,9 +375,20 @@ class Connection(Protocol):
         """
         The peer half-closed: tell the filters with C{endStream}.
         """
+        if self._readClosed:
+            # The TLS close_notify already ended the stream; this is the FIN.
+            if self._writeClosed and self.open:
+                self.transport.loseConnection()
+            return
         self._readClosed = True
+        layer = self._tlsLayer
         if self._listenerPhase is not None:
             self._listenerPhase.readConnectionLost()
+        elif layer is not None and not layer.established:
+            # The peer gave up in the middle of the handshake.
+            if self.open:
+                self.transport.loseConnection()
+            return
         elif self.filterManager is not None:
             try:
                 self.filterManager.onRead(b"", True)
@@ -287,6 +414,8 @@ class Connection(Protocol):
         self.open = False
         self.streamInfo.endMonotonic = self.reactor.seconds()
         if self._tls is not None:
+            if self._tlsFailure is not None:
+                reason = self._tlsFailure
             try:
                 self._tls.connectionLost(reason)
             except Exception:
@@ -342,6 +471,8 @@ class Connection(Protocol):
         self._localClose = True
         if closeType is CloseType.NO_FLUSH:
             self.transport.abortConnection()
+        elif self._tlsLayer is not None:
+            self._tlsClose()
         else:
             self.transport.loseConnection()
 

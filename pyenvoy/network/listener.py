@@ -204,6 +204,12 @@ class ActiveListener(Factory):
         self._selector: ChainSelector[FilterChain] = ChainSelector(
             [(chain.config.match or FilterChainMatch(), chain) for chain in self.chains],
             self.default)
+        #: The one chain every connection gets when there is nothing to
+        #: choose (a single chain with an empty match): no lookup per connection.
+        self._onlyChain: FilterChain | None = None
+        if len(self.chains) == 1 and (self.chains[0].config.match or FilterChainMatch()) \
+                == FilterChainMatch():
+            self._onlyChain = self.chains[0]
         self._listenerFilterMakers = [
             f.factory.createFilterFactory(f.config, context) for f in config.listenerFilters
         ]
@@ -272,6 +278,8 @@ class ActiveListener(Factory):
         connection's addresses and what the listener filters found (see
         L{pyenvoy.network.chain_match}); count a miss as Envoy does.
         """
+        if self._onlyChain is not None:
+            return self._onlyChain
         info = connection.streamInfo if connection is not None else None
         facts = ConnectionFacts(
             local=info.downstreamLocalAddress if info is not None else None,

@@ -6,10 +6,12 @@ Certificates and keys are loaded when the config is read, so a missing
 file, bad PEM or a key that does not belong to its certificate stops
 start-up with the YAML path; files that change on disk later are read
 again for new connections (L{_ReloadingContext}).  Each accepted connection gets a
-L{TlsSession} (the L{IOpenSSLServerConnectionCreator} handed to
-C{transport.startTLS}); it verifies the peer as Envoy's default
-validator does (chain, then SANs, then hash/SPKI pins), counts the
-C{ssl.*} stats and fills C{streamInfo.tls} once the handshake is done.
+L{TlsSession}, which makes its C{SSL.Connection}, verifies the peer as
+Envoy's default validator does (chain, then SANs, then hash/SPKI pins),
+counts the C{ssl.*} stats and fills C{streamInfo.tls} once the handshake
+is done, and a L{ServerTlsLayer} that runs OpenSSL over memory BIOs under
+the connection's filters (Twisted's C{startTLS} is used for upstream
+connections only, with L{ClientTlsSession}).
 """
 
 from __future__ import annotations
@@ -776,6 +778,9 @@ class ServerTls(_ReloadingContext):
             "fail_verify_no_cert", "fail_verify_error", "fail_verify_san",
             "fail_verify_cert_hash")}
         self.localFacts = _localFacts(config.certificateChain)
+        #: C{(version, cipher, group)} → the counters a handshake with
+        #: that outcome adds one to (see L{TlsSession.handshakeCompleted}).
+        self.negotiatedCounters: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._watch(reactor, factoryScope)
 
     def _parse(self, section: Section) -> Any:
@@ -792,14 +797,20 @@ class ServerTls(_ReloadingContext):
         self.maybeReload()
         return TlsSession(self, streamInfo)
 
-    def count(self, name: str) -> None:
+    def counter(self, name: str) -> Any:
         """
-        Add one to C{ssl.<name>}.
+        The C{ssl.<name>} counter.
         """
         counter = self.stats.get(name)
         if counter is None:
             counter = self.stats[name] = self.scope.counter(name)
-        counter.inc()
+        return counter
+
+    def count(self, name: str) -> None:
+        """
+        Add one to C{ssl.<name>}.
+        """
+        self.counter(name).inc()
 
 
 @implementer(IOpenSSLServerConnectionCreator)
@@ -880,22 +891,29 @@ class TlsSession:
         assert connection is not None
         self.established = True
         server = self.server
-        server.count("handshake")
         version = connection.get_protocol_version_name()
         cipher = connection.get_cipher_name()
-        server.count(f"versions.{version}")
-        if cipher:
-            server.count(f"ciphers.{cipher}")
         group = _groupName(connection)
-        if group:
-            server.count(f"curves.{group}")
+        # handshake, versions.*, ciphers.*, curves.*: the counters for one
+        # outcome are looked up once per listener, not per connection.
+        negotiated = (version, cipher, group)
+        counters = server.negotiatedCounters.get(negotiated)
+        if counters is None:
+            counters = server.negotiatedCounters[negotiated] = tuple(
+                server.counter(name) for name in (
+                    "handshake", f"versions.{version}",
+                    f"ciphers.{cipher}" if cipher else None,
+                    f"curves.{group}" if group else None) if name)
+        for counter in counters:
+            counter.value += 1
         if _sessionReused(connection):
             server.count("session_reused")
         facts: dict[str, Any] = {"version": version, "cipher": cipher}
         facts.update(self.localFacts)
-        session = connection.get_session()
-        if session is not None:
-            facts["sessionId"] = _sessionId(session)
+        if _HAVE_SESSION_ID:
+            session = connection.get_session()
+            if session is not None:
+                facts["sessionId"] = _sessionId(session)
         peer = connection.get_peer_certificate()
         if peer is None:
             server.count("no_certificate")
@@ -960,52 +978,248 @@ def _groupName(connection: SSL.Connection) -> str | None:
     return _CURVE_NAMES.get(name, name)
 
 
+try:
+    from OpenSSL._util import ffi as _ffi, lib as _lib
+except ImportError:  # pragma: no cover - pyOpenSSL always has it today
+    _ffi = _lib = None
+#: Whether pyOpenSSL's bindings expose C{SSL_SESSION_get_id} (the
+#: session id for C{%DOWNSTREAM_TLS_SESSION_ID%}); recent ones do not.
+_HAVE_SESSION_ID = _lib is not None and hasattr(_lib, "SSL_SESSION_get_id")
+
+
 def _sessionReused(connection: SSL.Connection) -> bool:
     try:
-        from OpenSSL._util import lib
-        return bool(lib.SSL_session_reused(connection._ssl))  # type: ignore[attr-defined]
+        return bool(_lib.SSL_session_reused(connection._ssl))  # type: ignore[attr-defined]
     except Exception:
         return False
 
 
 def _sessionId(session: Any) -> str | None:
     try:
-        from OpenSSL._util import ffi, lib
-        length = ffi.new("unsigned int *")
-        raw = lib.SSL_SESSION_get_id(session._session, length)
-        return bytes(ffi.buffer(raw, length[0])).hex() or None
+        length = _ffi.new("unsigned int *")
+        raw = _lib.SSL_SESSION_get_id(session._session, length)
+        return bytes(_ffi.buffer(raw, length[0])).hex() or None
     except Exception:
         return None
 
 
-def startServerTls(transport: Any, session: TlsSession, buffered: bytes) -> None:
-    """
-    Start TLS on an accepted transport, then feed it the bytes the
-    listener filters already read (the start of the ClientHello).
-    """
-    transport.startTLS(session)
-    if buffered:
-        transport.protocol.dataReceived(buffered)
+#: Plaintext asked of OpenSSL per C{SSL_read} (one record holds at most
+#: 16 KiB), and ciphertext taken per C{bio_read}, on the public-API path.
+_RECV_SIZE = 65536
+_OUTPUT_SIZE = 262144
+#: The direct path reads all records (and all output) into one scratch
+#: buffer, copied out once: no allocation, exception or join per record.
+#: One buffer serves every connection: the reactor is single-threaded and
+#: no Python code runs between filling it and copying it out.
+_SCRATCH_SIZE = 262144
 
 
-def shutdownWrite(transport: Any) -> None:
+def _directBindings() -> tuple[Any, Any, Any] | None:
     """
-    End our direction of a TLS connection as Envoy does on C{endStream}:
-    send close_notify, then half-close the socket.  Before the handshake is
-    done (or with application data still queued) close it whole instead.
+    C{(ffi, lib, scratch)} when pyOpenSSL's cffi bindings offer what the
+    direct path needs (C{SSL_read}, C{BIO_read}, C{BIO_write} and the
+    connection's private C{_ssl}, C{_into_ssl}, C{_from_ssl} and
+    C{_raise_ssl_error}), else C{None}: the public API is used then.
     """
-    tlsProtocol = transport.protocol
-    connection = getattr(tlsProtocol, "_tlsConnection", None)
-    if (connection is None or not getattr(tlsProtocol, "_handshakeDone", False)
-            or getattr(tlsProtocol, "_appSendBuffer", None)):
-        transport.loseConnection()
-        return
-    try:
-        connection.shutdown()
-    except SSL.Error:
-        pass
-    tlsProtocol._flushSendBIO()
-    transport.loseWriteConnection()
+    if _lib is None or _ffi is None:
+        return None
+    if not all(hasattr(_lib, name) for name in ("SSL_read", "BIO_read", "BIO_write")):
+        return None
+    if not hasattr(SSL.Connection, "_raise_ssl_error"):
+        return None
+    return _ffi, _lib, _ffi.new("char[]", _SCRATCH_SIZE)
+
+
+class ServerTlsLayer:
+    """
+    The server side of one connection's TLS over memory BIOs, without
+    I/O: ciphertext in (L{receive}), plaintext out; plaintext in
+    (L{write}), ciphertext out (L{output}).  The connection that owns it
+    moves the bytes.
+
+    It replaces Twisted's C{startTLS} (C{TLSMemoryBIOProtocol}) for
+    downstream connections: no wrapping protocol, interface declarations
+    or producer membrane per connection, one delivery per socket read
+    instead of one per TLS record, and the handshake's flights written at
+    once rather than on the next writable event.
+
+    States: handshaking → C{established} → C{peerClosed} (close_notify
+    read) and/or C{closed} (our close_notify sent).  Plaintext written
+    while handshaking is held and sent when the handshake completes.
+
+    @ivar session: the L{TlsSession} (verification, stats, facts).
+    @ivar ssl: its C{SSL.Connection}.
+    """
+
+    #: See L{_directBindings}; a test may set C{None} to use the public API.
+    direct = _directBindings()
+    #: What L{receive} and L{write} raise (so that callers need not import
+    #: pyOpenSSL).
+    Error = SSL.Error
+
+    def __init__(self, session: "TlsSession") -> None:
+        self.session = session
+        ssl = session.serverConnectionForTLS(None)
+        ssl.set_accept_state()
+        self.ssl = ssl
+        self.established = False
+        self.peerClosed = False
+        self.closed = False
+        #: Plaintext written before the handshake completed.
+        self.pending: list[bytes] = []
+
+    def receive(self, data: bytes) -> tuple[bool, bytes]:
+        """
+        Feed ciphertext read from the socket.
+
+        @return: C{(handshakeDone, plaintext)}: whether the handshake
+            completed with these bytes, and the application bytes they
+            carried (all records at once).  C{peerClosed} is set when the
+            peer's close_notify was read.
+        @raise SSL.Error: on a failed handshake or a corrupt stream; the
+            alert to send is then in L{output}.
+        """
+        ssl = self.ssl
+        direct = self.direct
+        if direct is not None and data:
+            if direct[1].BIO_write(ssl._into_ssl, data, len(data)) != len(data):
+                raise SSL.Error([("pyenvoy", "receive", "memory BIO refused the bytes")])
+        else:
+            ssl.bio_write(data)
+        done = False
+        if not self.established:
+            try:
+                ssl.do_handshake()
+            except SSL.WantReadError:
+                return False, b""
+            self.established = done = True
+        if direct is not None:
+            return done, self._readDirect(direct)
+        return done, self._readPublic()
+
+    def _readDirect(self, direct: tuple[Any, Any, Any]) -> bytes:
+        ffi, lib, scratch = direct
+        ssl = self.ssl
+        raw = ssl._ssl
+        read = lib.SSL_read
+        chunks: list[bytes] | None = None
+        total = 0
+        while True:
+            result = read(raw, scratch + total, _SCRATCH_SIZE - total)
+            if result <= 0:
+                break
+            total += result
+            if total == _SCRATCH_SIZE:
+                chunks = (chunks or []) + [ffi.buffer(scratch, total)[:]]
+                total = 0
+        plaintext = ffi.buffer(scratch, total)[:] if total else b""
+        if chunks is not None:
+            plaintext = b"".join(chunks + [plaintext])
+        try:
+            ssl._raise_ssl_error(raw, result)
+        except SSL.WantReadError:
+            pass
+        except SSL.ZeroReturnError:
+            self.peerClosed = True
+        return plaintext
+
+    def _readPublic(self) -> bytes:
+        recv = self.ssl.recv
+        try:
+            first = recv(_RECV_SIZE)
+        except SSL.WantReadError:
+            return b""
+        except SSL.ZeroReturnError:
+            self.peerClosed = True
+            return b""
+        chunks = None
+        try:
+            while True:
+                chunk = recv(_RECV_SIZE)
+                if chunks is None:
+                    chunks = [first, chunk]
+                else:
+                    chunks.append(chunk)
+        except SSL.WantReadError:
+            pass
+        except SSL.ZeroReturnError:
+            self.peerClosed = True
+        return first if chunks is None else b"".join(chunks)
+
+    def output(self) -> bytes:
+        """
+        The ciphertext waiting to be sent (handshake flights, records,
+        alerts), or C{b""}.
+        """
+        direct = self.direct
+        if direct is not None:
+            ffi, lib, scratch = direct
+            bio = self.ssl._from_ssl
+            total = lib.BIO_read(bio, scratch, _SCRATCH_SIZE)
+            if total <= 0:
+                return b""
+            data = ffi.buffer(scratch, total)[:]
+            if total < _SCRATCH_SIZE:
+                return data
+            chunks = [data]
+            while True:
+                total = lib.BIO_read(bio, scratch, _SCRATCH_SIZE)
+                if total <= 0:
+                    return b"".join(chunks)
+                chunks.append(ffi.buffer(scratch, total)[:])
+        read = self.ssl.bio_read
+        try:
+            data = read(_OUTPUT_SIZE)
+        except SSL.WantReadError:
+            return b""
+        if len(data) < _OUTPUT_SIZE:
+            return data
+        chunks = [data]
+        try:
+            while True:
+                chunks.append(read(_OUTPUT_SIZE))
+        except SSL.WantReadError:
+            pass
+        return b"".join(chunks)
+
+    def write(self, data: bytes) -> bytes:
+        """
+        Encrypt C{data}; return the ciphertext to send.  Before the
+        handshake completes (or after our close_notify) nothing is sent:
+        the bytes are held (or dropped).
+        """
+        if not self.established:
+            self.pending.append(data)
+            return b""
+        if self.closed:
+            return b""
+        send = self.ssl.send
+        sent = send(data)
+        if sent < len(data):
+            view = memoryview(data)
+            while sent < len(data):
+                sent += send(view[sent:])
+        return self.output()
+
+    def flushPending(self) -> bytes:
+        """
+        Once established: encrypt what was written during the handshake.
+        """
+        pending, self.pending = self.pending, []
+        return b"".join(self.write(data) for data in pending)
+
+    def closeNotify(self) -> bytes:
+        """
+        End our direction: the close_notify alert to send (once).
+        """
+        if self.closed or not self.established:
+            return b""
+        self.closed = True
+        try:
+            self.ssl.shutdown()
+        except SSL.Error:
+            pass
+        return self.output()
 
 
 # -- upstream TLS (a cluster's transport_socket) --------------------------------
@@ -1182,6 +1396,7 @@ class ClientTls(_ReloadingContext):
             "fail_verify_no_cert", "fail_verify_error", "fail_verify_san",
             "fail_verify_cert_hash")}
         self.localFacts: dict[str, Any] = _localFacts(config.certificateChain)
+        self.negotiatedCounters: dict[tuple[Any, ...], tuple[Any, ...]] = {}
         self._watch(reactor, factoryScope)
 
     def _parse(self, section: Section) -> Any:
@@ -1199,6 +1414,7 @@ class ClientTls(_ReloadingContext):
         self.maybeReload()
         return ClientTlsSession(self, owner)
 
+    counter = ServerTls.counter
     count = ServerTls.count
 
 
