@@ -353,6 +353,10 @@ class _UpstreamProtocol(Protocol):
 
 
 class _UpstreamFactory(ClientFactory):
+    # Twisted logs "Starting factory"/"Stopping factory" for every
+    # connection: a quarter of a TLS handshake's CPU in bench/tls.
+    noisy = False
+
     def __init__(self, upstream: UpstreamConnection) -> None:
         self.upstream = upstream
 
