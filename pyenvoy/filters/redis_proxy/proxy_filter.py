@@ -295,6 +295,23 @@ class _Slot:
         owner.batch.end()
 
 
+class _PlainSlot(_Slot):
+    """
+    A slot on the plain path (no redirection, fault, hook or delay can
+    apply): the reply is counted and queued with nothing else to check.
+    """
+
+    def onReply(self, raw: bytes) -> None:
+        stats = self.stats
+        owner = self.owner
+        stats.success.value += 1  # type: ignore[union-attr]
+        stats.latency.record((owner.batch.now - self.start) * owner.latencyScale)  # type: ignore[union-attr]
+        self.reply = raw
+        if not owner.dirty:
+            owner.dirty = True
+            owner.batch.dirty.append(owner)
+
+
 class _Part:
     """
     The callbacks of one fragment of a split command.
@@ -866,7 +883,7 @@ class RedisProxyFilter:
             self._simple(request, entry, 1)
             return
         data = encodeCommand(request)
-        slot = _Slot(self, entry.stats)
+        slot = _PlainSlot(self, entry.stats)
         self._queue.append(slot)
         client.send(data, slot)
 
@@ -899,6 +916,28 @@ class RedisProxyFilter:
         slot = _Split(self, entry.stats, count, combine)
         self._queue.append(slot)
         db = self.db
+        plain = self.shared.plainRoute
+        if plain is not None and not db:
+            # One key (and value) per fragment, on the catch-all route.
+            cached = plain.pool.cachedClient
+            header = b"*%d\r\n$%d\r\n%b\r\n" % (step + 1, len(command), command)
+            for i in range(count):
+                index = 1 + i * step
+                client = cached(request[index])
+                if client is None:
+                    client = plain.pool.clientForKey(request[index])
+                    if client is None:
+                        _Part(slot, i).onFailure(NO_UPSTREAM_HOST)
+                        continue
+                if step == 1:
+                    key = request[index]
+                    data = header + b"$%d\r\n%b\r\n" % (len(key), key)
+                else:
+                    key, value = request[index], request[index + 1]
+                    data = header + b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+                        len(key), key, len(value), value)
+                client.send(data, _Part(slot, i))
+            return slot
         for i in range(count):
             index = 1 + i * step
             route, key = self._routeKey(request, index)
