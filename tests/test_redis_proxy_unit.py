@@ -382,6 +382,16 @@ class FramerTests(SynchronousTestCase):
             got += framer.feed(self.STREAM[i:i + 1])
         self.assertEqual(got, self.REPLIES)
 
+    def test_okRun(self) -> None:
+        """
+        A read of nothing but +OK replies (the fast path), and one that
+        ends inside a +OK.
+        """
+        framer = ReplyFramer()
+        self.assertEqual(framer.feed(b"+OK\r\n" * 3), [b"+OK\r\n"] * 3)
+        self.assertEqual(framer.feed(b"+OK\r\n+O"), [b"+OK\r\n"])
+        self.assertEqual(framer.feed(b"K\r\n+OK\r\n"), [b"+OK\r\n"] * 2)
+
     def test_largeBulkLinear(self) -> None:
         """
         A 16 MiB bulk string in 64 KiB reads is framed without re-joining

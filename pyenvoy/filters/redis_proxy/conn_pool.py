@@ -156,6 +156,8 @@ class UpstreamClient:
         self._onClose = onClose
         self._out: list[bytes] = []
         self._outLength = 0
+        #: Commands queued beyond one per C{_out} piece (L{sendMany}).
+        self._extraCommands = 0
         self._queued = False
         self._pending: deque[Any] = deque()
         self._framer = ReplyFramer()
@@ -192,6 +194,23 @@ class UpstreamClient:
         self._out.append(data)
         self._outLength += len(data)
         self._pending.append(callbacks)
+        if not self._queued:
+            self._queued = True
+            self._batch.touched.append(self)
+
+    def sendMany(self, data: bytes, callbacks: Any, count: int) -> None:
+        """
+        Queue C{count} encoded commands at once, all answered to the same
+        C{callbacks} (which get C{count} replies, in order).
+        """
+        if self.closed:
+            for _ in range(count):
+                callbacks.onFailure(UPSTREAM_FAILURE)
+            return
+        self._out.append(data)
+        self._outLength += len(data)
+        self._pending.extend([callbacks] * count)
+        self._extraCommands += count - 1
         if not self._queued:
             self._queued = True
             self._batch.touched.append(self)
@@ -241,7 +260,8 @@ class UpstreamClient:
         out = self._out
         self._out = []
         self._outLength = 0
-        self.pool.stats.upstream_rq_total.value += len(out)
+        self.pool.stats.upstream_rq_total.value += len(out) + self._extraCommands
+        self._extraCommands = 0
         self._conn.write(out[0] if len(out) == 1 else b"".join(out))
         if self._opTimeout and self._timer is None:
             self._seen = self._responses
@@ -400,6 +420,8 @@ class ConnPool:
         #: (C{lb.builds}); cleared whenever it fills up.
         self._hosts: dict[bytes, Host] = {}
         self._builds: int | None = None
+        #: The same keys' database-0 clients, for the one-step lookup.
+        self._keyClients: dict[bytes, UpstreamClient] = {}
         options = getattr(self.cluster.config, "redisProtocolOptions", None)
         self._credentials = options.credentialsFor if options is not None else None
         clusterManager.onHostsRemoved(clusterName, self._hostsRemoved)
@@ -444,6 +466,7 @@ class ConnPool:
             if builds != self._builds:
                 self._builds = builds
                 self._hosts.clear()
+                self._keyClients.clear()
             host = self._hosts.get(key)
             if host is not None:
                 return host
@@ -462,6 +485,7 @@ class ConnPool:
                 hosts = self._hosts
                 if len(hosts) >= HASH_CACHE_SIZE:
                     hosts.clear()
+                    self._keyClients.clear()
                 hosts[key] = host
         return host
 
@@ -470,12 +494,10 @@ class ConnPool:
         The database-0 client for a key whose host is remembered and whose
         connection exists, or C{None} (then use L{clientForKey}).
         """
-        if getattr(self.cluster.lb, "builds", None) != self._builds:
+        client = self._keyClients.get(key)
+        if client is None or client.closed or self.cluster.lb.builds != self._builds:
             return None
-        host = self._hosts.get(key)
-        if host is None:
-            return None
-        return self._clients.get(host)
+        return client
 
     def clientForKey(self, key: bytes, db: int = 0) -> UpstreamClient | None:
         """
@@ -488,6 +510,8 @@ class ConnPool:
         client = self._clients.get(host if not db else (host, db))
         if client is None:
             client = self.clientForHost(host, db)
+        if not db and self._hosts.get(key) is host:
+            self._keyClients[key] = client
         return client
 
     def clientForHost(self, host: Host, db: int = 0) -> UpstreamClient:

@@ -361,6 +361,26 @@ class _UpstreamTimed:
         self.inner.onFailure(raw)
 
 
+class _ShardParts:
+    """
+    The callbacks of the fragments one shard answers, in order.
+    """
+
+    __slots__ = ("parent", "indices", "next")
+
+    def __init__(self, parent: "_Split", indices: list[int]) -> None:
+        self.parent = parent
+        self.indices = indices
+        self.next = 0
+
+    def onReply(self, raw: bytes) -> None:
+        index = self.indices[self.next]
+        self.next += 1
+        self.parent.child(index, raw)
+
+    onFailure = onReply
+
+
 class _Split(_Slot):
     """
     A command answered by several upstream commands (MGET, MSET, DEL and
@@ -921,13 +941,16 @@ class RedisProxyFilter:
             # One key (and value) per fragment, on the catch-all route.
             cached = plain.pool.cachedClient
             header = b"*%d\r\n$%d\r\n%b\r\n" % (step + 1, len(command), command)
+            # Each shard gets its fragments as one piece, answered to one
+            # callback object that takes their replies in order.
+            groups: dict[UpstreamClient, tuple[list[bytes], list[int]]] = {}
             for i in range(count):
                 index = 1 + i * step
                 client = cached(request[index])
                 if client is None:
                     client = plain.pool.clientForKey(request[index])
                     if client is None:
-                        _Part(slot, i).onFailure(NO_UPSTREAM_HOST)
+                        slot.child(i, NO_UPSTREAM_HOST)
                         continue
                 if step == 1:
                     key = request[index]
@@ -936,7 +959,14 @@ class RedisProxyFilter:
                     key, value = request[index], request[index + 1]
                     data = header + b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
                         len(key), key, len(value), value)
-                client.send(data, _Part(slot, i))
+                group = groups.get(client)
+                if group is None:
+                    groups[client] = ([data], [i])
+                else:
+                    group[0].append(data)
+                    group[1].append(i)
+            for client, (pieces, indices) in groups.items():
+                client.sendMany(b"".join(pieces), _ShardParts(slot, indices), len(indices))
             return slot
         for i in range(count):
             index = 1 + i * step
