@@ -339,7 +339,7 @@ class ProtocolOptionsConfigTests(ConfigTestCase):
             bootstrap(clusters=[cluster(typed_extension_protocol_options=redisOptions(
                 auth_password={"environment_variable": "PYENVOY_TEST_UNSET"}))]),
             f"{C0}.typed_extension_protocol_options.envoy.filters.network.redis_proxy."
-            "auth_password.environment_variable", "is not set")
+            "auth_password.environment_variable", "Environment variable doesn't exist")
 
 
 # -- the checker on a fake clock ------------------------------------------------

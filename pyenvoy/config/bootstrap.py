@@ -11,14 +11,13 @@ import base64
 import binascii
 import ipaddress
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import yaml
 
-from pyenvoy.config.reader import (ConfigError, ConfigErrors, Problems, Section, describe,
-                                   snakeCase)
+from pyenvoy.config.reader import (ConfigError, ConfigErrors, Problems, Section, dataSourceText,
+                                   describe, snakeCase)
 
 #: Envoy's default for per_connection_buffer_limit_bytes (listeners and clusters).
 DEFAULT_BUFFER_LIMIT = 1024 * 1024
@@ -523,46 +522,13 @@ def parseSocketAddress(section: Section | None, allowUdp: bool = True,
 
 def _readDataSource(section: Section | None) -> str | None:
     """
-    Read a C{config.core.v3.DataSource} (C{inline_string}, C{inline_bytes}
-    (base64), C{filename} or C{environment_variable}) now, as text; C{None}
-    when absent or empty (Envoy reads these allowing empty).
+    A DataSource's text; C{None} when absent or empty (Envoy reads these
+    allowing empty).
     """
     if section is None:
         return None
-    kind = section.oneOf("inline_string", "inline_bytes", "filename", "environment_variable",
-                         required=False)
-    data: bytes | None = None
-    if kind == "inline_string":
-        text = section.string("inline_string")
-        data = text.encode("utf-8") if text is not None else None
-    elif kind == "inline_bytes":
-        text = section.string("inline_bytes")
-        if text is not None:
-            try:
-                data = base64.b64decode(text, validate=True)
-            except (binascii.Error, ValueError):
-                section.error("expected base64 bytes", "inline_bytes")
-    elif kind == "filename":
-        name = section.string("filename")
-        if name is not None:
-            try:
-                with open(name, "rb") as f:
-                    data = f.read()
-            except OSError as e:
-                section.error(f"cannot read {name!r}: {e.strerror}", "filename")
-    elif kind == "environment_variable":
-        name = section.string("environment_variable")
-        if name is not None:
-            value = os.environ.get(name)
-            if value is None:
-                section.error(f"environment variable {name!r} is not set",
-                              "environment_variable")
-            else:
-                data = value.encode("utf-8")
-    section.finish(unsupported=("watched_directory",))
-    if not data:
-        return None
-    return data.decode("utf-8", "surrogateescape")
+    found = dataSourceText(section, required=False)
+    return found[0] if found and found[0] else None
 
 
 def parseUdpSocketConfig(section: Section | None, preferGro: bool = False) -> UdpSocketConfig:

@@ -374,41 +374,61 @@ class Section:
         return present[0]
 
 
-def dataSourceText(section: "Section") -> tuple[str, str] | None:
+def dataSourceBytes(section: "Section", required: bool = True) -> tuple[bytes, str] | None:
     """
-    Read a C{config.core.v3.DataSource} (C{inline_string}, C{inline_bytes},
-    C{filename}, C{environment_variable}) as text; return it with the field
-    it came from, or C{None} after reporting why it cannot be read.
+    Read a C{config.core.v3.DataSource} (C{inline_string}, C{inline_bytes}
+    (base64), C{filename} or C{environment_variable}) now; return its bytes
+    with the field they came from, or C{None} when it is absent (and not
+    C{required}) or after reporting why it cannot be read.
     """
-    which = section.oneOf("inline_string", "inline_bytes", "filename", "environment_variable")
-    text: str | None = None
+    which = section.oneOf("inline_string", "inline_bytes", "filename", "environment_variable",
+                          required=required)
+    data: bytes | None = None
     if which == "inline_string":
         text = section.string("inline_string")
+        data = text.encode("utf-8") if text is not None else None
     elif which == "inline_bytes":
         raw = section.string("inline_bytes")
         if raw is not None:
             try:
-                text = base64.b64decode(raw, validate=True).decode("utf-8")
+                data = base64.b64decode(raw, validate=True)
             except (binascii.Error, ValueError):
-                section.error("expected base64-encoded UTF-8 text", "inline_bytes")
+                section.error("expected base64 bytes", "inline_bytes")
     elif which == "filename":
         name = section.string("filename", nonEmpty=True)
         if name:
             try:
-                with open(name, encoding="utf-8") as f:
-                    text = f.read()
-            except (OSError, UnicodeDecodeError) as e:
-                section.error(f"cannot read {name!r}: {getattr(e, 'strerror', None) or e}",
-                              "filename")
+                with open(name, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                section.error(f"cannot read {name!r}: {e.strerror}", "filename")
     elif which == "environment_variable":
         var = section.string("environment_variable", nonEmpty=True)
         if var:
-            text = os.environ.get(var)
-            if text is None:
+            value = os.environ.get(var)
+            if value is None:
+                # Envoy's own message.
                 section.error(f"Environment variable doesn't exist: {var}",
                               "environment_variable")
+            else:
+                data = value.encode("utf-8")
     section.ignore("inline_string", "inline_bytes", "filename", "environment_variable")
     section.finish(unsupported=("watched_directory",))
-    if text is None or which is None:
+    if data is None or which is None:
         return None
-    return text, which
+    return data, which
+
+
+def dataSourceText(section: "Section", required: bool = True) -> tuple[str, str] | None:
+    """
+    L{dataSourceBytes} as UTF-8 text.
+    """
+    found = dataSourceBytes(section, required)
+    if found is None:
+        return None
+    data, which = found
+    try:
+        return data.decode("utf-8"), which
+    except UnicodeDecodeError:
+        section.error("expected UTF-8 text", which)
+        return None
