@@ -539,10 +539,38 @@ class ReplyFramer:
         remaining = self._remaining
         need = 0
         find = buf.find
+        append = out.append
+        maxBulk = self._maxBulk
         while True:
             if not remaining:
                 if pos >= n:
                     break
+                # Fast path for a whole scalar reply (most replies); anything
+                # unusual falls through to the general scan below.
+                kind = buf[pos]
+                if kind == 0x24:  # $
+                    eol = find(b"\r\n", pos + 1)
+                    if eol >= 0:
+                        try:
+                            length = int(buf[pos + 1:eol])
+                        except ValueError:
+                            raise ProtocolError(f"invalid integer {buf[pos + 1:eol]!r}") from None
+                        if length < 0:
+                            append(buf[pos:eol + 2])
+                            pos = eol + 2
+                            continue
+                        end = eol + length + 4
+                        if length <= maxBulk and end <= n and buf[end - 2] == 13 \
+                                and buf[end - 1] == 10:
+                            append(buf[pos:end])
+                            pos = end
+                            continue
+                elif kind == 0x2B or kind == 0x3A or kind == 0x2D:  # + : -
+                    eol = find(b"\r\n", pos + 1)
+                    if eol >= 0:
+                        append(buf[pos:eol + 2])
+                        pos = eol + 2
+                        continue
                 start = pos
                 remaining = 1
             kind = buf[pos] if pos < n else -1
@@ -579,7 +607,7 @@ class ReplyFramer:
                 raise ProtocolError(f"invalid RESP type byte {buf[pos:pos + 1]!r}")
             remaining -= 1
             if not remaining:
-                out.append(buf[start:pos])
+                append(buf[start:pos])
         if remaining:
             rest = buf[start:]
             self._pos = pos - start
