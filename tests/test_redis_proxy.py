@@ -98,21 +98,23 @@ class ShardingTests(TestCase):
         """
         mapping = {f"k{i}": f"v{i}" for i in range(40)}
 
+        ok = await inThread(lambda: _client(self.port).mset(mapping))
+        held = [await inThread(s.keys) for s in self.shards]
+        self.assertTrue(all(h for h in held), "MSET did not reach every shard")
+        self.assertEqual(set().union(*held), {k.encode() for k in mapping})
+
         def run() -> tuple[Any, ...]:
             client = _client(self.port)
-            ok = client.mset(mapping)
             values = client.mget(list(mapping) + ["missing"])
             exists = client.exists(*mapping, "missing")
             deleted = client.delete(*list(mapping)[:25], "missing")
             left = client.exists(*mapping)
-            return ok, values, exists, deleted, left
+            return values, exists, deleted, left
 
-        ok, values, exists, deleted, left = await inThread(run)
+        values, exists, deleted, left = await inThread(run)
         self.assertTrue(ok)
         self.assertEqual(values, [v.encode() for v in mapping.values()] + [None])
         self.assertEqual((exists, deleted, left), (40, 25, 15))
-        held = [await inThread(s.keys) for s in self.shards]
-        self.assertTrue(all(h for h in held), "MSET did not reach every shard")
         self.assertEqual(stat(self.server, "redis.test.command.mget.success"), 1)
         self.assertEqual(stat(self.server, "redis.test.command.mset.total"), 1)
 
