@@ -1,18 +1,22 @@
 """
-Write-through on real loopback sockets: sent at once when nothing is
-queued, queued behind anything already waiting, order always kept.
+Write-through and half-close on real loopback sockets: sent (or shut) at
+once when nothing is queued, queued behind anything already waiting,
+order always kept.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Callable
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
+from zope.interface import implementer
 
-from pyenvoy.network.direct_write import directWriter
+from pyenvoy.network.direct_write import directHalfCloser, directWriter
 from pyenvoy.testing import HarnessTransport
 from tests.support.net import Client, connect, listen
 
@@ -108,3 +112,86 @@ class DirectWriteTlsTests(TestCase):
         server.transport.TLS = True
         send(b"secret")
         self.assertEqual(calls, [b"secret"])
+
+
+class DirectHalfCloseTests(TestCase):
+    """
+    L{directHalfCloser} on a real TCP transport.
+    """
+
+    async def serverAndClient(self) -> tuple[Protocol, Client, list[str]]:
+        """
+        A connected half-closeable server-side protocol that notes its
+        C{writeConnectionLost} calls, and its client.
+        """
+        made: Deferred = Deferred()
+        events: list[str] = []
+
+        @implementer(IHalfCloseableProtocol)
+        class Server(Protocol):
+            def connectionMade(self) -> None:
+                made.callback(self)
+
+            def dataReceived(self, data: bytes) -> None:
+                events.append("data " + data.decode())
+
+            def readConnectionLost(self) -> None:
+                events.append("readConnectionLost")
+
+            def writeConnectionLost(self) -> None:
+                events.append("writeConnectionLost")
+
+        port = listen(self, Server)
+        client = await connect(port, Client(closeOnEnd=False))
+        server = await made
+        self.addCleanup(server.transport.abortConnection)
+        self.addCleanup(client.transport.abortConnection)
+        return server, client, events
+
+    async def waitFor(self, predicate: Callable[[], bool]) -> None:
+        """
+        Turn the reactor until C{predicate()} holds (at most 5 s).
+        """
+        for _ in range(500):
+            if predicate():
+                return
+            d: Deferred = Deferred()
+            reactor.callLater(0.01, d.callback, None)
+            await d
+        self.fail("condition not reached")
+
+    async def test_finGoesAtOnceWhenNothingQueued(self) -> None:
+        """
+        With nothing queued the write side is shut inside the call: the
+        protocol has its C{writeConnectionLost} and the peer its FIN,
+        while reading goes on.
+        """
+        server, client, events = await self.serverAndClient()
+        directHalfCloser(server.transport)()
+        self.assertTrue(server.transport._writeDisconnected)
+        self.assertEqual(events, ["writeConnectionLost"])
+        await self.waitFor(lambda: client.endStreamSeen)
+        client.transport.write(b"still read")
+        await self.waitFor(lambda: "data still read" in events)
+
+    async def test_queuedBytesGoFirst(self) -> None:
+        """
+        Bytes still queued in Twisted's buffer are sent before the FIN,
+        which then comes from Twisted's own writable event.
+        """
+        server, client, events = await self.serverAndClient()
+        server.transport.write(b"queued")
+        directHalfCloser(server.transport)()
+        self.assertFalse(server.transport._writeDisconnected)
+        self.assertEqual(events, [])
+        await self.waitFor(lambda: client.endStreamSeen)
+        self.assertEqual(client.data(), b"queued")
+        self.assertEqual(events, ["writeConnectionLost"])
+
+    def test_otherTransportsUseTheirOwnHalfClose(self) -> None:
+        """
+        A transport that is not a plain TCP connection keeps its
+        C{loseWriteConnection}.
+        """
+        transport = HarnessTransport()
+        self.assertEqual(directHalfCloser(transport), transport.loseWriteConnection)

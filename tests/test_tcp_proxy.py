@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults
@@ -17,6 +18,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
+from pyenvoy.upstream.cluster_manager import ConnectStatus, _DirectClient
 from tests.support.net import (
     Client,
     Echo,
@@ -412,3 +414,76 @@ class UpstreamFailureTests(TestCase):
         client.transport.loseWriteConnection()
         await client.closed
         self.assertEqual(client.data(), b"dns")
+
+
+class DirectUpstreamConnectTests(TestCase):
+    """
+    Upstream connections to IP literals on the real reactor skip Twisted's
+    resolver step, yet report what happens from the reactor, never from
+    inside C{tcpConnect}.
+    """
+
+    timeout = 30
+
+    async def connectWith(self, port: int) -> tuple[Any, list[str], Deferred]:
+        """
+        Start an upstream connection to C{port} through the cluster
+        manager of a running server; return it, the handler's calls so
+        far and a Deferred fired by the first of them.
+        """
+        server = startServer(self, tcpProxyConfig([port]))
+        manager = server.context.clusterManager
+        calls: list[str] = []
+        first: Deferred = Deferred()
+
+        class Handler:
+            def upstreamConnected(self, upstream: Any) -> None:
+                calls.append("connected")
+                first.callback(upstream)
+
+            def upstreamConnectFailed(self, reason: str, timedOut: bool) -> None:
+                calls.append("failed")
+                first.callback(reason)
+
+            def upstreamData(self, data: bytes) -> None:
+                calls.append("data")
+
+            def upstreamEndStream(self) -> None:
+                calls.append("end")
+
+            def upstreamClosed(self, localClose: bool) -> None:
+                calls.append("closed")
+
+        status, upstream = manager.tcpConnect("backend", Handler())
+        self.assertEqual(status, ConnectStatus.STARTED)
+        self.addCleanup(upstream.close, False)
+        return upstream, calls, first
+
+    async def test_connectsWithoutResolverNorReentry(self) -> None:
+        """
+        The transport is the direct client; C{upstreamConnected} comes
+        later from the reactor, with the connection's local address.
+        """
+        port = listen(self, Protocol)
+        upstream, calls, first = await self.connectWith(port)
+        self.assertEqual(calls, [])
+        self.assertIsInstance(upstream._connector.transport, _DirectClient)
+        await first
+        self.assertEqual(calls, ["connected"])
+        host = upstream.protocol.transport.getHost()
+        self.assertEqual(upstream.localAddress, (host.host, host.port))
+
+    async def test_refusedIsReportedFromTheReactor(self) -> None:
+        """
+        A refused connection fails through C{upstreamConnectFailed}, after
+        C{tcpConnect} returned.
+        """
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        upstream, calls, first = await self.connectWith(port)
+        self.assertEqual(calls, [])
+        reason = await first
+        self.assertEqual(calls, ["failed"])
+        self.assertIn("refused", reason.lower())

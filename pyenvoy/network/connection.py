@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -18,7 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pyenvoy.interfaces import CloseType, IFilterConnection
-from pyenvoy.network.direct_write import directWriter
+from pyenvoy.network.direct_write import directHalfCloser, directWriter
 from pyenvoy.network.filter_manager import FilterManager
 from pyenvoy.stream_info import StreamInfo
 
@@ -66,7 +67,8 @@ class Connection(Protocol):
         self.listener = listener
         self.reactor = reactor
         self.bufferLimit = listener.config.perConnectionBufferLimitBytes
-        self.streamInfo = StreamInfo(reactor.seconds(), reactor.seconds())
+        now = reactor.seconds()
+        self.streamInfo = StreamInfo(now, now)
         self.id = self.streamInfo.connectionId
         self.filterManager: FilterManager | None = None
         self.open = False
@@ -106,9 +108,17 @@ class Connection(Protocol):
         if setNoDelay is not None:
             setNoDelay(True)
         self._send = directWriter(transport)
+        self._halfClose = directHalfCloser(transport)
         info = self.streamInfo
-        info.downstreamRemoteAddress = peerTuple(transport.getPeer())
-        info.downstreamLocalAddress = peerTuple(transport.getHost())
+        peer = getattr(transport, "client", None)
+        if isinstance(transport, tcp.Server) and peer is not None:
+            # The accepted socket's own addresses: no address objects to
+            # build and take apart again for every connection.
+            info.downstreamRemoteAddress = peer[:2]
+            info.downstreamLocalAddress = transport.socket.getsockname()[:2]
+        else:
+            info.downstreamRemoteAddress = peerTuple(transport.getPeer())
+            info.downstreamLocalAddress = peerTuple(transport.getHost())
         self.open = True
         self.listener.connectionOpened(self)
         self._listenerPhase = self.listener.startListenerFilters(self)
@@ -347,7 +357,13 @@ class Connection(Protocol):
         return True
 
     def _endWrite(self) -> None:
-        self.transport.loseWriteConnection()
+        if self._readClosed:
+            # Our writeConnectionLost will close the connection: let
+            # Twisted do it from its own writable event, not from inside
+            # the filter that ended the stream.
+            self.transport.loseWriteConnection()
+        else:
+            self._halfClose()
 
     def _countingRead(self, onRead: Callable[[bytes, bool], None]) -> Callable[[bytes], None]:
         """

@@ -47,3 +47,38 @@ def directWriter(transport: Any) -> Callable[[bytes], None]:
             write(data[sent:])
 
     return send
+
+
+def directHalfCloser(transport: Any) -> Callable[[], None]:
+    """
+    A C{loseWriteConnection()} for C{transport} that sends the FIN at once
+    when nothing is queued, for a protocol whose read side is still open.
+
+    Twisted's C{loseWriteConnection} waits for the next writable event
+    (two epoll changes and a loop turn) even with an empty buffer.  With
+    nothing queued, no producer waiting to be resumed and no TLS, that
+    event would only call C{socket.shutdown} and the protocol's
+    C{writeConnectionLost}, so this does both right away, setting the
+    flags Twisted's C{doWrite} sets.  The caller uses it only while its
+    peer's side is still open: then C{writeConnectionLost} just notes the
+    half-close and closes nothing under it.  Anything else goes through
+    C{transport.loseWriteConnection}.
+    """
+    lose = transport.loseWriteConnection
+    if not isinstance(transport, tcp.Connection):
+        return lose
+
+    def halfClose() -> None:
+        producer = transport.producer
+        if (transport.dataBuffer or transport._tempDataLen or transport.disconnecting
+                or transport._writeDisconnecting or not transport.connected
+                or transport.TLS
+                or (producer is not None and (not transport.streamingProducer
+                                              or transport.producerPaused))):
+            lose()
+            return
+        transport._writeDisconnecting = True
+        transport._writeDisconnected = True
+        transport._closeWriteConnection()
+
+    return halfClose

@@ -6,16 +6,23 @@ choice, circuit breaker, connect timeout and upstream stats live here.
 from __future__ import annotations
 
 import enum
+import errno
+import os
+import socket
 from typing import Any, Callable
 
+from twisted.internet import error as _error
+from twisted.internet import tcp
+from twisted.internet.abstract import isIPAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IHandshakeListener
+from twisted.internet.posixbase import PosixReactorBase
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pyenvoy.config.bootstrap import ClusterConfig
-from pyenvoy.network.direct_write import directWriter
+from pyenvoy.network.direct_write import directHalfCloser, directWriter
 from pyenvoy.stats import Store
 from pyenvoy.upstream.cluster import Cluster
 from pyenvoy.upstream.host import Host
@@ -86,8 +93,16 @@ class UpstreamConnection:
         factory = _UpstreamFactory(self)
         address, port = self.host.address
         timeout = self.cluster.config.connectTimeout
-        self._timer = self.reactor.callLater(timeout, self._timedOut)
-        self._connector = self.reactor.connectTCP(address, port, factory, timeout=timeout + 30)
+        reactor = self.reactor
+        self._timer = reactor.callLater(timeout, self._timedOut)
+        if isinstance(reactor, PosixReactorBase) and isIPAddress(address):
+            # Our own timer above is the connect timeout: the connector
+            # needs none of its own.
+            connector = _DirectConnector(address, port, factory, None, None, reactor)
+            connector.connect()
+            self._connector = connector
+        else:
+            self._connector = reactor.connectTCP(address, port, factory, timeout=timeout + 30)
 
     def _timedOut(self) -> None:
         self._timer = None
@@ -155,8 +170,13 @@ class UpstreamConnection:
         setNoDelay = getattr(transport, "setTcpNoDelay", None)
         if setNoDelay is not None:
             setNoDelay(True)
-        host = transport.getHost()
-        self.localAddress = (host.host, host.port)
+        sock = getattr(transport, "socket", None)
+        if isinstance(transport, tcp.Connection) and sock is not None:
+            # The socket's own name: no address object to build and take apart.
+            self.localAddress = sock.getsockname()[:2]
+        else:
+            host = transport.getHost()
+            self.localAddress = (host.host, host.port)
         self.handler.upstreamConnected(self)
 
     def _connectFailed(self, reason: Failure) -> None:
@@ -246,12 +266,17 @@ class UpstreamConnection:
         """
         Half-close towards the upstream (our FIN).
         """
-        if self.protocol is not None and not self.closed:
+        protocol = self.protocol
+        if protocol is not None and not self.closed:
             if self.tlsSession is not None:
                 from pyenvoy.network.tls import sendCloseNotify
-                sendCloseNotify(self.protocol.transport)
+                sendCloseNotify(protocol.transport)
+            elif protocol._readClosed:
+                # Our writeConnectionLost closes the connection: not from
+                # inside the filter's call.
+                protocol.transport.loseWriteConnection()
             else:
-                self.protocol.transport.loseWriteConnection()
+                directHalfCloser(protocol.transport)()
 
     def close(self, flush: bool = True) -> None:
         """
@@ -365,6 +390,65 @@ class _UpstreamFactory(ClientFactory):
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         self.upstream._connectFailed(reason)
+
+
+#: C{connect_ex} results that mean "connected, or on its way": the reactor
+#: calls C{doConnect} once the socket is writable, which finishes the job.
+_CONNECTING = frozenset({0, errno.EISCONN, errno.EINPROGRESS, errno.EWOULDBLOCK,
+                         errno.EALREADY})
+
+
+class _DirectClient(tcp.Client):
+    """
+    A C{tcp.Client} to an IPv4 literal that starts connecting at once.
+
+    Twisted's client always goes through C{resolveAddress} on the next loop
+    turn: a zero-delay timer, a Deferred and its callbacks for an address
+    that needs no resolving.  A proxy connects upstream for every
+    connection, so this one calls C{connect_ex} right away and lets the
+    reactor's writable event (C{doConnect}) finish, as Twisted's own second
+    step does.  Whatever happens (connected, refused, failed at once) is
+    reported from the reactor, never from inside C{connect()}: the caller
+    is not re-entered before it has the L{UpstreamConnection} in hand.
+    """
+
+    def _finishInit(self, whenDone: Any, skt: Any, err: Any, reactor: Any) -> None:
+        if not whenDone or self._requiresResolution or self.addressFamily != socket.AF_INET:
+            super()._finishInit(whenDone, skt, err, reactor)
+            return
+        self._commonConnection.__init__(self, skt, None, reactor)
+        self.realAddress = self.addr
+        self.doWrite = self.doConnect  # type: ignore[method-assign]
+        self.doRead = self.doConnect  # type: ignore[method-assign]
+        try:
+            result = skt.connect_ex(self.addr)
+        except OSError as e:
+            result = e.args[0]
+        if result in _CONNECTING:
+            self.startReading()
+            self.startWriting()
+        else:
+            reactor.callLater(0, self.failIfNotConnected,
+                              _error.getConnectError((result, os.strerror(result))))
+
+    def _connectDone(self) -> None:
+        # As Twisted's, without building the peer's address object (our
+        # factory does not look at it) nor the log prefix for every
+        # connection.
+        self.protocol = self.connector.buildProtocol(None)
+        self.connected = 1
+        self.logstr = "_UpstreamProtocol,client"
+        self.startReading()
+        self.protocol.makeConnection(self)
+
+
+class _DirectConnector(tcp.Connector):
+    """
+    A C{tcp.Connector} whose transport is a L{_DirectClient}.
+    """
+
+    def _makeTransport(self) -> tcp.Client:
+        return _DirectClient(self.host, self.port, self.bindAddress, self, self.reactor)
 
 
 class ClusterManager:
