@@ -36,7 +36,7 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from pyenvoy.config.reader import Problems, Section
+from pyenvoy.config.reader import Problems, Section, dataSourceBytes
 
 log = Logger()
 
@@ -194,38 +194,8 @@ class DownstreamTlsConfig:
 def _dataSource(section: Section | None) -> bytes | None:
     if section is None:
         return None
-    kind = section.oneOf("filename", "inline_string", "inline_bytes",
-                         "environment_variable")
-    data: bytes | None = None
-    if kind == "filename":
-        name = section.string("filename")
-        if name is not None:
-            try:
-                with open(name, "rb") as f:
-                    data = f.read()
-            except OSError as e:
-                section.error(f"cannot read {name!r}: {e.strerror}", "filename")
-    elif kind == "inline_string":
-        text = section.string("inline_string")
-        data = text.encode("utf-8") if text is not None else None
-    elif kind == "inline_bytes":
-        text = section.string("inline_bytes")
-        if text is not None:
-            try:
-                data = base64.b64decode(text, validate=True)
-            except (binascii.Error, ValueError):
-                section.error("expected base64 bytes", "inline_bytes")
-    elif kind == "environment_variable":
-        name = section.string("environment_variable")
-        if name is not None:
-            value = os.environ.get(name)
-            if value is None:
-                section.error(f"environment variable {name!r} is not set",
-                              "environment_variable")
-            else:
-                data = value.encode("utf-8")
-    section.finish(unsupported=("watched_directory",))
-    return data
+    found = dataSourceBytes(section)
+    return found[0] if found is not None else None
 
 
 def _watchedFiles(*sources: Any) -> tuple[str, ...]:
