@@ -492,8 +492,17 @@ class _Transaction:
         self.closeAfter = False
 
     def reset(self) -> None:
+        """
+        End the transaction and close its connection.
+        """
         if self.client is not None:
             self.client.close()
+        self.detach()
+
+    def detach(self) -> None:
+        """
+        End the transaction, leaving its connection to whoever holds it.
+        """
         self.active = False
         self.key = None
         self.client = None
@@ -1068,10 +1077,7 @@ class RedisProxyFilter:
             # so a GET pipelined after EXEC runs after the EXEC.
             client.closeWhenIdle = True
             self._draining = client
-            txn.active = False
-            txn.key = None
-            txn.client = None
-            txn.closeAfter = False
+            txn.detach()
         return slot
 
     def _transactionClientClosed(self, client: UpstreamClient) -> None:
