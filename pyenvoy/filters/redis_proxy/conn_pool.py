@@ -139,13 +139,12 @@ class UpstreamClient:
     """
 
     def __init__(self, pool: "ConnPool", host: Host, db: int = 0,
-                 dedicated: bool = False, opTimeout: float | None = None,
+                 opTimeout: float | None = None,
                  onPush: Callable[[bytes], None] | None = None,
                  onClose: Callable[["UpstreamClient"], None] | None = None) -> None:
         self.pool = pool
         self.host = host
         self.db = db
-        self.dedicated = dedicated
         self.closed = False
         #: Close once no reply is awaited (a finished transaction's connection).
         self.closeWhenIdle = False
@@ -355,12 +354,6 @@ class UpstreamClient:
 
     # -- ending ----------------------------------------------------------------------
 
-    def hasPending(self) -> bool:
-        """
-        Whether a reply is still awaited.
-        """
-        return bool(self._pending)
-
     def fail(self, errorReply: bytes) -> None:
         """
         Close, failing every waiting command with C{errorReply}.
@@ -532,7 +525,7 @@ class ConnPool:
         """
         A new connection to C{host} for one client's exclusive use.
         """
-        return UpstreamClient(self, host, db, dedicated=True,
+        return UpstreamClient(self, host, db,
                               opTimeout=self.opTimeout if opTimeout else None,
                               onPush=onPush, onClose=onClose)
 
