@@ -118,7 +118,6 @@ class Batch:
         Write what was queued: commands first, then replies.
         """
         self._scheduled = False
-        self.now = self.reactor.seconds()
         while self.touched or self.dirty:
             touched, self.touched = self.touched, []
             for client in touched:
@@ -441,8 +440,7 @@ class ConnPool:
         if self._credentials is None:
             return b"", b""
         username, password = self._credentials(host)
-        return ((username or "").encode("utf-8") if isinstance(username, str) else username or b"",
-                (password or "").encode("utf-8") if isinstance(password, str) else password or b"")
+        return (username or "").encode("utf-8"), (password or "").encode("utf-8")
 
     def hostForKey(self, key: bytes) -> Host | None:
         """

@@ -79,23 +79,16 @@ class _Command:
         self.isWrite = name in C.WRITE
 
 
-def _kindOf(name: str) -> int | None:
-    if name in C.SIMPLE:
-        return _SIMPLE
-    if name in C.EVAL:
-        return _EVAL
-    if name in C.SUM_SPLIT:
-        return _SUM
-    if name in C.TRANSACTION:
-        return _TXN
-    if name in C.BLOCKING:
-        return _BLOCKING
-    if name in C.SUBSCRIBE:
-        return _SUBSCRIBE
-    if name in C.FAN_OUT:
-        return _FAN_OUT
-    return {"mget": _MGET, "mset": _MSET, "auth": _AUTH, "ping": _PING, "echo": _ECHO,
-            "time": _TIME, "quit": _QUIT, "hello": _HELLO, C.SELECT: _SELECT}.get(name)
+#: Each command's kind, from the classes of the command table.
+_KINDS: dict[str, int] = {
+    name: kind
+    for names, kind in ((C.SIMPLE, _SIMPLE), (C.EVAL, _EVAL), (C.SUM_SPLIT, _SUM),
+                        (C.TRANSACTION, _TXN), (C.BLOCKING, _BLOCKING),
+                        (C.SUBSCRIBE, _SUBSCRIBE), (C.FAN_OUT, _FAN_OUT))
+    for name in names
+}
+_KINDS.update({"mget": _MGET, "mset": _MSET, "auth": _AUTH, "ping": _PING, "echo": _ECHO,
+               "time": _TIME, "quit": _QUIT, "hello": _HELLO, C.SELECT: _SELECT})
 
 
 class _RuntimeRoute:
@@ -105,6 +98,8 @@ class _RuntimeRoute:
 
     def __init__(self, route: Route, pools: dict[str, ConnPool]) -> None:
         self.prefix = route.prefix
+        #: The prefix as matched (lowercase for case_insensitive routes).
+        self.match = route.prefix
         self.removePrefix = route.removePrefix
         self.pool = pools[route.cluster]
         self.mirrors = tuple((pools[m.cluster], m) for m in route.mirrors)
@@ -135,8 +130,7 @@ class _Shared:
         commandScope = scope.scope("command")
         self.table: dict[bytes, _Command] = {}
         for name in sorted(C.KNOWN):
-            kind = _kindOf(name)
-            assert kind is not None, name
+            kind = _KINDS[name]
             stats = _CommandStats(commandScope.scope(name)) if name in C.WITH_STATS else None
             self.table[name.encode()] = _Command(name, kind, stats)
         self.latencyScale = 1_000_000.0 if config.latencyInMicros else 1000.0
@@ -149,6 +143,9 @@ class _Shared:
                                               config, store)
         self.pools = pools
         self.routes = tuple(_RuntimeRoute(r, pools) for r in config.routes)
+        if config.caseInsensitive:
+            for route in self.routes:
+                route.match = route.prefix.lower()
         self.catchAll = _RuntimeRoute(config.catchAll, pools) if config.catchAll else None
         self.caseInsensitive = config.caseInsensitive
         self.faults: dict[str, list[Any]] = {}
@@ -201,8 +198,7 @@ class _Shared:
         if self.routes:
             probe = key.lower() if self.caseInsensitive else key
             for route in self.routes:
-                prefix = route.prefix.lower() if self.caseInsensitive else route.prefix
-                if probe.startswith(prefix):
+                if probe.startswith(route.match):
                     return route
         return self.catchAll
 
