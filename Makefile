@@ -33,8 +33,14 @@ system-deps:
 # on 127.0.0.1 with a port the OS picks.
 test: install system-deps packaging-check trial
 
+# The suite runs on pyenvoy's reactor (what `twistd pyenvoy` installs); the
+# proxying tests run again on Twisted's default one, which embedders may use.
+DEFAULT_REACTOR_TESTS = tests.test_tcp_proxy tests.test_tls tests.test_tls_layer \
+	tests.test_upstream_tls tests.test_redis_proxy tests.test_postgres_proxy
+
 trial: install
-	$(PY) -m twisted.trial --reporter=text $(TESTS)
+	$(PY) -m twisted.trial --reactor=pyenvoy --reporter=text $(TESTS)
+	$(PY) -m twisted.trial --reporter=text $(DEFAULT_REACTOR_TESTS)
 
 # `pip install .` (not editable) must still give `twistd pyenvoy`.
 packaging-check: install

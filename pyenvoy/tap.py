@@ -96,6 +96,9 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     from pyenvoy.server import Server, installSignalDrain
 
     if reactor is None:
+        from pyenvoy.reactor import installIfNoneChosen
+
+        installIfNoneChosen()
         from twisted.internet import reactor as defaultReactor
         reactor = defaultReactor
     commandLine = {

@@ -1,0 +1,140 @@
+"""
+pyenvoy's reactor: Twisted's epoll reactor with a shorter path per event.
+
+A proxy's work is mostly one small read relayed as one small write, so the
+reactor's own cost per event is a large part of it.  Twisted's epoll
+reactor wraps every event in a legacy-log context (C{callWithLogger}: the
+selectable's C{logPrefix}, a context dict copied and pushed) and reaches
+C{protocol.dataReceived} through C{_doReadOrWrite}, C{doRead} and
+C{_dataReceived}.  This reactor handles the common case, a plain TCP
+connection that is only readable, with one C{recv} and one call to its
+protocol; every other event (writable, hang-up, error, other selectables)
+goes through Twisted's own C{_doReadOrWrite}.  The outcomes are Twisted's:
+an empty read or a failed one disconnects the selectable exactly as
+C{_doReadOrWrite} would, and an exception from the protocol is logged and
+closes that one connection.
+
+What differs: legacy C{twisted.python.log.msg} calls made while handling
+an event carry no per-connection C{system} prefix (pyenvoy logs through
+C{twisted.logger}, which never used it).
+
+C{twistd pyenvoy} installs it when no reactor was chosen on the command
+line (C{--reactor} still wins); C{twistd --reactor=pyenvoy} and
+C{trial --reactor=pyenvoy} select it explicitly.  Linux only (epoll).
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+from select import EPOLLIN
+from typing import Any
+
+from twisted.internet import epollreactor, main, tcp
+from twisted.python import log
+
+
+
+def _readsPlainly(cls: type) -> bool:
+    """
+    Whether C{cls} reads as C{tcp.Connection} does: exactly
+    C{protocol.dataReceived(socket.recv(bufferSize))}.
+    """
+    return (issubclass(cls, tcp.Connection) and cls.doRead is tcp.Connection.doRead
+            and cls._dataReceived is tcp.Connection._dataReceived)
+
+
+class PyenvoyReactor(epollreactor.EPollReactor):
+    """
+    Twisted's epoll reactor, with readable plain TCP connections read and
+    delivered without the per-event wrappers.
+    """
+
+    def __init__(self) -> None:
+        #: Selectable class -> whether it reads as plain C{tcp.Connection}.
+        self._plainTypes: dict[type, bool] = {}
+        super().__init__()
+
+    def doPoll(self, timeout: float | None) -> None:
+        """
+        Poll once and dispatch every event.
+        """
+        if timeout is None:
+            timeout = -1
+        selectables = self._selectables
+        try:
+            events = self._poller.poll(timeout, len(selectables))
+        except OSError as err:
+            if err.errno == errno.EINTR:
+                return
+            raise
+        readOrWrite = self._doReadOrWrite
+        plainTypes = self._plainTypes
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is None:
+                continue
+            if event == EPOLLIN:
+                cls = type(selectable)
+                plain = plainTypes.get(cls)
+                if plain is None:
+                    plain = plainTypes[cls] = _readsPlainly(cls)
+                # Connecting or aborting, Twisted swaps doRead per instance.
+                if plain and selectable.connected and not selectable._aborting:
+                    self._readPlain(selectable)
+                    continue
+            try:
+                readOrWrite(selectable, fd, event)
+            except BaseException:
+                log.err(None, "Unhandled error dispatching an event")
+
+    doIteration = doPoll
+
+    def _readPlain(self, transport: Any) -> None:
+        """
+        C{tcp.Connection.doRead} and C{_doReadOrWrite}'s handling of its
+        result, for a transport that is only readable.
+        """
+        try:
+            data = transport.socket.recv(transport.bufferSize)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._disconnectSelectable(transport, main.CONNECTION_LOST, True)
+            return
+        if not data:
+            self._disconnectSelectable(transport, main.CONNECTION_DONE, True)
+            return
+        try:
+            transport.protocol.dataReceived(data)
+        except BaseException:
+            why = sys.exc_info()[1]
+            log.err()
+            self._disconnectSelectable(transport, why, True)
+
+
+def install() -> PyenvoyReactor:
+    """
+    Install L{PyenvoyReactor} as C{twisted.internet.reactor}.
+    """
+    reactor = PyenvoyReactor()
+    from twisted.internet.main import installReactor
+
+    installReactor(reactor)
+    return reactor
+
+
+def installIfNoneChosen() -> bool:
+    """
+    Install L{PyenvoyReactor} unless a reactor is already installed (for
+    example by C{twistd --reactor}) or epoll is not available.
+
+    @return: whether it was installed.
+    """
+    if "twisted.internet.reactor" in sys.modules:
+        return False
+    try:
+        install()
+    except (ImportError, AttributeError, OSError):
+        return False
+    return True

@@ -1,0 +1,188 @@
+"""
+Tests for L{pyenvoy.reactor}: a private L{PyenvoyReactor} is driven one
+poll at a time over real loopback sockets.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any, Callable
+
+from twisted.internet import error, protocol
+from twisted.internet.interfaces import IHalfCloseableProtocol
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from pyenvoy.reactor import PyenvoyReactor, _readsPlainly, installIfNoneChosen
+
+#: Bound on the polls (and seconds) any one wait may take.
+MAX_POLLS = 200
+MAX_SECONDS = 5.0
+
+
+@implementer(IHalfCloseableProtocol)
+class Recorder(protocol.Protocol):
+    """
+    Records what the reactor delivers; optionally fails on a marker.
+    """
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.readClosed = False
+        self.lost: Any = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if b"boom" in data:
+            raise RuntimeError("filter bug")
+
+    def readConnectionLost(self) -> None:
+        self.readClosed = True
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = reason
+
+
+class PyenvoyReactorTests(unittest.TestCase):
+    """
+    Accepted TCP connections on a L{PyenvoyReactor}: reads, end of
+    stream, resets and protocol errors.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = reactor = PyenvoyReactor()
+        self.slowPath = 0
+        original = reactor._doReadOrWrite
+
+        def counting(*args: Any) -> Any:
+            self.slowPath += 1
+            return original(*args)
+
+        reactor._doReadOrWrite = counting  # type: ignore[method-assign]
+        self.protocols: list[Recorder] = []
+        factory = protocol.Factory.forProtocol(self._build)
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.client = socket.create_connection(
+            ("127.0.0.1", self.port.getHost().port), timeout=MAX_SECONDS)
+        self.addCleanup(self._close)
+        self.pollUntil(lambda: self.protocols)
+        self.server = self.protocols[0]
+        # The accept was a read on the listening port: not a plain connection.
+        self.slowPath = 0
+
+    def _build(self) -> Recorder:
+        recorder = Recorder()
+        self.protocols.append(recorder)
+        return recorder
+
+    def _close(self) -> None:
+        self.client.close()
+        self.reactor.disconnectAll()
+        self.reactor._poller.close()
+
+    def pollUntil(self, condition: Callable[[], Any]) -> None:
+        deadline = time.monotonic() + MAX_SECONDS
+        for _ in range(MAX_POLLS):
+            if condition():
+                return
+            if time.monotonic() > deadline:
+                break
+            self.reactor.doIteration(0.05)
+        self.fail("condition not met in time")
+
+    def test_readDeliveredWithoutTwistedDispatch(self) -> None:
+        """
+        Bytes on a readable plain connection reach C{dataReceived} with
+        no call to C{_doReadOrWrite}.
+        """
+        self.client.sendall(b"hello")
+        self.pollUntil(lambda: self.server.received == b"hello")
+        self.client.sendall(b" again")
+        self.pollUntil(lambda: self.server.received == b"hello again")
+        self.assertEqual(self.slowPath, 0)
+        self.assertIsNone(self.server.lost)
+
+    def test_endOfStreamIsHalfClose(self) -> None:
+        """
+        The peer's FIN reaches a half-closeable protocol as
+        C{readConnectionLost}, the connection stays up for writing.
+        """
+        self.client.sendall(b"last")
+        self.client.shutdown(socket.SHUT_WR)
+        self.pollUntil(lambda: self.server.readClosed)
+        self.assertEqual(self.server.received, b"last")
+        self.assertIsNone(self.server.lost)
+        self.server.transport.write(b"reply")
+        self.pollUntil(lambda: not self.server.transport.dataBuffer
+                       and not self.server.transport._tempDataLen)
+        self.assertEqual(self.client.recv(100), b"reply")
+
+    def test_resetIsConnectionLost(self) -> None:
+        """
+        A reset by the peer loses the connection (not a clean close).
+        """
+        self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        self.client.close()
+        self.pollUntil(lambda: self.server.lost is not None)
+        self.assertTrue(self.server.lost.check(error.ConnectionLost, error.ConnectionDone))
+        self.assertFalse(self.server.lost.check(error.ConnectionDone))
+
+    def test_protocolErrorClosesThatConnectionOnly(self) -> None:
+        """
+        An exception from C{dataReceived} is logged and closes that one
+        connection; another connection goes on.
+        """
+        other = socket.create_connection(("127.0.0.1", self.port.getHost().port),
+                                         timeout=MAX_SECONDS)
+        self.addCleanup(other.close)
+        self.pollUntil(lambda: len(self.protocols) == 2)
+        self.client.sendall(b"boom")
+        self.pollUntil(lambda: self.server.lost is not None)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        other.sendall(b"still here")
+        self.pollUntil(lambda: self.protocols[1].received == b"still here")
+        self.assertIsNone(self.protocols[1].lost)
+
+
+class ReadsPlainlyTests(unittest.TestCase):
+    """
+    Which transports take the short path.
+    """
+
+    def test_twistedTcpTransports(self) -> None:
+        from twisted.internet import tcp
+
+        from pyenvoy.upstream.cluster_manager import _DirectClient
+
+        self.assertTrue(_readsPlainly(tcp.Server))
+        self.assertTrue(_readsPlainly(tcp.Client))
+        self.assertTrue(_readsPlainly(_DirectClient))
+
+    def test_otherSelectables(self) -> None:
+        from twisted.internet import tcp, udp
+
+        class Special(tcp.Server):
+            def doRead(self) -> Any:  # pragma: no cover - never called
+                return None
+
+        self.assertFalse(_readsPlainly(tcp.Port))
+        self.assertFalse(_readsPlainly(udp.Port))
+        self.assertFalse(_readsPlainly(Special))
+
+
+class InstallTests(unittest.TestCase):
+    """
+    L{installIfNoneChosen} never replaces a reactor already installed.
+    """
+
+    def test_keepsInstalledReactor(self) -> None:
+        from twisted.internet import reactor
+
+        self.assertFalse(installIfNoneChosen())
+        from twisted.internet import reactor as after
+
+        self.assertIs(after, reactor)
