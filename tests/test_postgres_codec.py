@@ -11,7 +11,7 @@ from typing import Any
 from twisted.trial.unittest import SynchronousTestCase
 
 from pyenvoy.filters.postgres_proxy.codec import (
-    MAX_STARTUP_PACKET_LENGTH, Decoder, MalformedMessage, Message, commandTag)
+    MAX_STARTUP_PACKET_LENGTH, Decoder, MalformedMessage, Message, commandTag, countRules)
 
 
 def frontend(kind: str, body: bytes) -> bytes:
@@ -265,3 +265,52 @@ class DecoderTests(SynchronousTestCase):
         self.assertEqual(commandTag("COPY 10"), ("COPY", 10))
         self.assertEqual(commandTag("BEGIN"), ("BEGIN", None))
         self.assertEqual(commandTag("DROP TABLE"), ("DROP", None))
+
+
+class ScanSupportTests(SynchronousTestCase):
+    """
+    What a caller needs to scan whole messages itself and hand the rest
+    to a L{Decoder}: L{countRules}, L{Decoder.atBoundary},
+    L{Decoder.needed}.
+    """
+
+    def test_countRules(self) -> None:
+        """
+        Counted types give their fixed length or 0; decoded and unknown
+        types give -1.
+        """
+        front = countRules(True, frozenset("QPX"))
+        self.assertEqual((front[ord("S")], front[ord("H")], front[ord("B")], front[ord("d")]),
+                         (4, 4, 0, 0))
+        self.assertEqual((front[ord("Q")], front[ord("X")], front[ord("y")], front[0]),
+                         (-1, -1, -1, -1))
+        back = countRules(False, frozenset("CENR"))
+        self.assertEqual((back[ord("Z")], back[ord("K")], back[ord("D")], back[ord("T")]),
+                         (5, 12, 0, 0))
+        self.assertEqual((back[ord("C")], back[ord("E")], back[ord("Q")]), (-1, -1, -1))
+        self.assertEqual(len(front), 256)
+
+    def test_boundaryAndNeeded(self) -> None:
+        """
+        Not at a boundary in the startup phase or mid-message, where
+        C{needed} says how much completes the header, then the message.
+        """
+        d = Decoder(True, only=frozenset("QPX"))
+        self.assertFalse(d.atBoundary)
+        self.assertEqual(d.needed, 0)
+        d.feed(startup({"user": "u"}))
+        self.assertTrue(d.atBoundary)
+        query = frontend("Q", b"SELECT 1\0")
+        copy = frontend("d", b"x" * 100)
+        d.feed(query[:2])
+        self.assertEqual((d.atBoundary, d.needed), (False, 3))
+        d.feed(query[2:5])
+        self.assertEqual((d.atBoundary, d.needed), (False, len(query) - 5))
+        self.assertEqual(d.feed(query[5:]), [Message("Query", "Q", 14, {"sql": "SELECT 1"})])
+        self.assertTrue(d.atBoundary)
+        d.feed(copy[:30])
+        self.assertEqual((d.atBoundary, d.needed), (False, len(copy) - 30))
+        d.feed(copy[30:])
+        self.assertEqual((d.atBoundary, d.needed, d.counted), (True, 0, 1))
+        d.feed(b"Q\0\0\0\x02")
+        self.assertEqual((d.atBoundary, d.needed), (False, 0))

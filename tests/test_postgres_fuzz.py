@@ -19,7 +19,8 @@ from pyenvoy.stats import Store
 from pyenvoy.testing import FilterHarness
 from tests.test_mongo_proxy import Sink
 from tests.test_postgres_codec import (
-    BACKEND_EXPECTED, BACKEND_STREAM, FRONTEND_EXPECTED, FRONTEND_STREAM)
+    BACKEND_EXPECTED, BACKEND_STREAM, FRONTEND_EXPECTED, FRONTEND_STREAM, backend, frontend,
+    startup)
 
 #: Bounded examples: the whole module runs in seconds.
 FUZZ = settings(max_examples=200, deadline=None, derandomize=True,
@@ -160,3 +161,89 @@ class FilterFuzzTests(SynchronousTestCase):
                 sent += piece
         self.assertEqual(sink.received, clientBytes)
         self.assertEqual(h.written(), sent)
+
+
+def _tpcb(aid: int, delta: int) -> list[tuple[bytes, bytes]]:
+    """
+    One pgbench TPC-B transaction, simple protocol: (query, reply) pairs.
+    """
+    done = [(f"UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid};",
+             b"UPDATE 1"),
+            (f"INSERT INTO pgbench_history (tid, aid, delta) VALUES (1, {aid}, {delta});",
+             b"INSERT 0 1")]
+    row = (backend("T", b"\0\x01abalance\0" + b"\0" * 18) + backend("D", b"\0\x01\0\0\0\x011")
+           + backend("C", b"SELECT 1\0") + backend("Z", b"T"))
+    return ([(frontend("Q", b"BEGIN;\0"), backend("C", b"BEGIN\0") + backend("Z", b"T"))]
+            + [(frontend("Q", sql.encode() + b"\0"), backend("C", tag + b"\0") + backend("Z", b"T"))
+               for sql, tag in done]
+            + [(frontend("Q", f"SELECT abalance FROM pgbench_accounts WHERE aid = {aid};".encode()
+                         + b"\0"), row),
+               (frontend("Q", b"END;\0"), backend("C", b"COMMIT\0") + backend("Z", b"I"))])
+
+
+#: A session as pgbench and psql would have it: (client bytes, server bytes)
+#: in turns.
+SESSION = (
+    [(startup({"user": "u", "database": "db"}),
+      backend("R", b"\0\0\0\0") + backend("S", b"a\0b\0") + backend("K", b"\0" * 8)
+      + backend("Z", b"I"))]
+    + _tpcb(7, -12) + _tpcb(123456, 4000)
+    + [(frontend("P", b"s\0SELECT * FROM t WHERE a = $1\0\0\0") + frontend("B", b"\0s\0" + b"\0" * 6)
+        + frontend("E", b"\0\0\0\0\0") + frontend("S", b""),
+        backend("1", b"") + backend("2", b"") + backend("D", b"\0\x01\0\0\0\x012") * 3
+        + backend("C", b"SELECT 3\0") + backend("Z", b"I")),
+       (frontend("Q", b"BEGIN\0") + frontend("Q", b"SELEKT\0"),
+        backend("C", b"BEGIN\0") + backend("Z", b"T")
+        + backend("E", b"SERROR\0VERROR\0C42601\0Msyntax\0\0") + backend("Z", b"E")),
+       (frontend("Q", b"COPY t FROM STDIN\0") + frontend("d", b"1\n" * 50) + frontend("c", b""),
+        backend("G", b"\0\0\x01\0\0") + backend("N", b"SNOTICE\0VNOTICE\0Mhm\0\0")
+        + backend("C", b"COPY 50\0") + backend("Z", b"E")),
+       (frontend("X", b""), b"")])
+
+
+class ScanFuzzTests(SynchronousTestCase):
+    """
+    The filter's own scan of whole messages and its decoder count alike.
+    """
+
+    def replay(self, scanning: bool, turns: list[tuple[list[bytes], list[bytes]]]) -> Any:
+        """
+        Each turn's client pieces, then its server pieces, through a
+        filter with its scan on or off; the counters, the metadata and the
+        bytes that went through.
+        """
+        store = Store()
+        harness = FilterHarness([])
+        makeFilter = factory.createFilterFactory(
+            PostgresProxyConfig("s"), SimpleNamespace(store=store, reactor=harness.reactor))
+        proxy = makeFilter()
+        proxy.scanning = scanning
+        sink = Sink()
+        h = FilterHarness([proxy, sink], reactor=harness.reactor)
+        for client, server in turns:
+            for piece in client:
+                h.receive(piece)
+            for piece in server:
+                h.connection.write(piece)
+        counters = {s.name: s.value for s in store if s.value}
+        return counters, h.connection.streamInfo.dynamicMetadata, sink.received, h.written()
+
+    @FUZZ
+    @given(cuts, cuts, st.lists(edits, max_size=1), st.booleans())
+    def test_scanAgreesWithDecoder(self, clientCuts: list[int], serverCuts: list[int],
+                                   changes: list[Any], toServer: bool) -> None:
+        """A session, maybe mutated, in any pieces: scanned or decoded, the same counts."""
+        client = [c for c, _ in SESSION]
+        server = [s for _, s in SESSION]
+        if changes:
+            # One turn mutated: the decoder may lose sync there.
+            side = server if toServer else client
+            i = changes[0][0][1] % len(side)
+            side[i] = mutate(side[i], changes[0])
+        turns = [([p for p in pieces(c, clientCuts) if p], [p for p in pieces(s, serverCuts) if p])
+                 for c, s in zip(client, server)]
+        scanned = self.replay(True, turns)
+        self.assertEqual(scanned, self.replay(False, turns))
+        self.assertEqual(scanned[2:], (b"".join(client), b"".join(server)))
+        if not changes:
+            self.assertEqual(scanned[0]["postgres.s.transactions_commit"], 3)

@@ -154,6 +154,73 @@ class FilterTests(SynchronousTestCase):
         h.receive(f("X", b""))
         self.assertEqual(self.nonzero()["transactions_rollback"], 1)
 
+    def scanned(self, scanning: bool, client: list[bytes], server: list[bytes]
+                ) -> tuple[dict[str, int], Any]:
+        """
+        Login, then C{client} and C{server} chunks in turns, with the
+        filter's scan on or off; the counters and the metadata.
+        """
+        h = self.make()
+        self.filter.scanning = scanning
+        h.receive(startup({"user": "u", "database": "db"}))
+        self.serverSends(h, b("R", b"\0\0\0\0") + b("Z", b"I"))
+        for request, reply in zip(client, server):
+            h.receive(request)
+            self.serverSends(h, reply)
+        return self.nonzero(), h.connection.streamInfo.dynamicMetadata
+
+    def test_scanEdgeCases(self) -> None:
+        """
+        Within one chunk: text after a Query's or a tag's first NUL is
+        ignored, Parse is read past its name, and an unknown type, an
+        ErrorResponse or a cut message hand the rest to the decoder, which
+        counts on exactly as the scan would have; scan on or off alike.
+        """
+        client = [
+            f("Q", b"SELECT * FROM a WHERE x = 1\0junk\0") + f("P", b"s\0DELETE FROM b\0\0\0")
+            + f("B", b"\0s\0\0\0\0\0\0\0") + f("E", b"\0\0\0\0\0") + f("S", b""),
+            f("y", b"?") + f("Q", b"UPDATE c SET x = 2\0"),
+            f("Q", b"INSERT INTO d VALUES (3)\0")[:9],
+            f("Q", b"INSERT INTO d VALUES (3)\0")[9:] + f("Q", b"BEGIN\0"),
+            f("X", b""),
+        ]
+        server = [
+            b("C", b"SELECT\0 1\0") + b("1", b"") + b("2", b"") + b("C", b"DELETE 3\0")
+            + b("Z", b"I"),
+            b("y", b"") + b("E", b"SERROR\0VERROR\0\0") + b("C", b"UPDATE 1\0") + b("Z", b"I"),
+            b("C", b"INSERT 0 1\0")[:5],
+            b("C", b"INSERT 0 1\0")[5:] + b("Z", b"I") + b("C", b"BEGIN\0") + b("Z", b"T"),
+            b"",
+        ]
+        expected = {
+            "sessions": 1, "sessions_unencrypted": 1,
+            "statements": 5, "statements_select": 1, "statements_delete": 1,
+            "statements_update": 1, "statements_insert": 1, "statements_other": 1,
+            "transactions": 5, "transactions_commit": 4, "transactions_rollback": 1,
+            "statements_parsed": 5, "errors": 1, "errors_error": 1,
+            "messages": 28, "messages_frontend": 11, "messages_backend": 15,
+            "messages_unknown": 2,
+        }
+        metadata = {METADATA_NAMESPACE: {"a.db": ["select"], "b.db": ["delete"],
+                                         "c.db": ["update"], "d.db": ["insert"]}}
+        self.assertEqual(self.scanned(True, client, server), (expected, metadata))
+        self.assertEqual(self.scanned(False, client, server), (expected, metadata))
+
+    def test_scanMalformed(self) -> None:
+        """
+        A malformed message after a good one in a scanned chunk: the good
+        one is counted, then decoding_error, and nothing more either way.
+        """
+        for scanning in (True, False):
+            counters, _ = self.scanned(scanning, [
+                f("Q", b"SELECT 1\0") + f("S", b"x") + f("Q", b"SELECT 2\0"),
+                f("Q", b"SELECT 3\0")], [b("C", b"SELECT 1\0") + b("Z", b"I"), b""])
+            # The server's reply is not inspected either.
+            self.assertEqual(counters, {
+                "sessions": 1, "sessions_unencrypted": 1, "decoding_error": 1,
+                "statements_parsed": 1,
+                "messages": 4, "messages_frontend": 2, "messages_backend": 2}, scanning)
+
 
 def config(typed: dict) -> dict:
     """
@@ -558,3 +625,55 @@ class SqlCacheTests(SynchronousTestCase):
         self.assertIsNone(shared.tables("SELEKT 1", "d"))
         self.assertIsNone(shared.tables("SELEKT 2", "d"))
         self.assertEqual(len(calls), 1)
+
+    def test_outlines(self) -> None:
+        """
+        A statement whose digits are all in literals is found again by its
+        outline (digits made 0), with any digits of the same count;
+        digits outside literals keep a statement out of the outlines.
+        """
+        shared, calls = self.shared()
+        first = shared.tables(b"SELECT a FROM t WHERE id = 12", "db")
+        self.assertEqual(shared.outlinesOf("db"), {b"SELECT a FROM t WHERE id = 00": first})
+        self.assertIs(shared.tables(b"SELECT a FROM t WHERE id = 97", "db"), first)
+        self.assertIs(shared.tables("SELECT a FROM t WHERE id = 5", "db"), first)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(shared.outlinesOf("other"), {})
+        shared.tables(b"SELECT a FROM t1 WHERE id = 12", "db")
+        self.assertNotEqual(shared.tables(b"SELECT a FROM t2 WHERE id = 12", "db"),
+                            shared.tables(b"SELECT a FROM t1 WHERE id = 12", "db"))
+        self.assertEqual(len(shared.outlinesOf("db")), 2)
+        self.assertEqual(len(calls), 3)
+
+    def test_bytesAndText(self) -> None:
+        """
+        Raw bytes and text share entries, non-ASCII bytes are parsed as
+        UTF-8 with errors replaced, and a shape matched over bytes is
+        the shape matched over text (a non-ASCII digit is a literal too).
+        """
+        shared, calls = self.shared()
+        self.assertIs(shared.tables(b"DELETE FROM t WHERE a = 'x'", "d"),
+                      shared.tables("DELETE FROM t WHERE a = 'y'", "d"))
+        shared.tables(b"SELECT '\xff' FROM u", "d")
+        self.assertEqual(calls, ["DELETE FROM t WHERE a = 'x'", "SELECT '\ufffd' FROM u"])
+        self.assertIs(shared.tables("SELECT 7 FROM v", "d"),
+                      shared.tables("SELECT \u0661 FROM v", "d"))
+        self.assertEqual(len(calls), 3)
+
+    def test_outlinesEmptiedWithTheCache(self) -> None:
+        """
+        When the shape cache is emptied, so are the outlines that lead to
+        its entries: the next statement is parsed again.
+        """
+        from pyenvoy.filters import postgres_proxy
+
+        self.patch(postgres_proxy, "SQL_CACHE_SIZE", 2)
+        shared, calls = self.shared()
+        shared.tables(b"SELECT * FROM a WHERE x = 1", "d")
+        shared.tables(b"SELECT * FROM b", "d")
+        held = shared.outlinesOf("d")
+        self.assertEqual(len(held), 2)
+        shared.tables(b"SELECT * FROM c", "d")
+        self.assertEqual(list(held), [b"SELECT * FROM c"])
+        shared.tables(b"SELECT * FROM a WHERE x = 2", "d")
+        self.assertEqual(len(calls), 4)

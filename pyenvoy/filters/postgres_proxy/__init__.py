@@ -6,15 +6,20 @@ a byte.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
+import struct
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, TypeAlias
 
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from pyenvoy.filters.postgres_proxy.codec import (
+    MAX_MESSAGE_LENGTH, Decoder, MalformedMessage, countRules)
 from pyenvoy.interfaces import CloseType, FilterStatus, IReadFilter, IWriteFilter
+from pyenvoy.stats import Counter
 
 log = Logger()
 
@@ -47,6 +52,16 @@ _ENCRYPTION_REQUESTS = ("SSLRequest", "GSSENCRequest", "CancelRequest")
 #: The typed messages the filter acts on; the decoders only count the rest.
 _FRONTEND_WANTED = frozenset("QPX")
 _BACKEND_WANTED = frozenset("CENR")
+#: A typed message's header, the type as an int.
+_HEADER = struct.Struct("!BI")
+#: Chunks longer than this go to the decoder, which bounds message sizes:
+#: a whole message in a shorter chunk is always within the bound.
+_SCAN_LIMIT = MAX_MESSAGE_LENGTH
+_Q, _P, _X, _C = b"QPXC"
+#: Enum members are slow to look up on their class.
+_CONTINUE = FilterStatus.CONTINUE
+#: Entries in L{_Shared.tags} before it is emptied.
+TAG_CACHE_SIZE = 1024
 #: The SSLRequest sent to the server for upstream_ssl REQUIRE.
 SSL_REQUEST = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"
 
@@ -70,8 +85,24 @@ _LITERALS = re.compile(r"'(?:[^']|'')*'|\b\d+(?:\.\d+)?\b")
 #: Text where literal boundaries are not that simple (quoted identifiers,
 #: backslash escapes, comments, dollar quoting, C{$} inside identifiers
 #: such as C{t$1}): cached verbatim instead.  Only C{$n} parameters after
-#: a non-word character are allowed.
-_NOT_NORMALISABLE = re.compile(r'"|\\|--|/\*|\w\$|\$(?!\d)')
+#: a non-word character are allowed.  (C{\w\$} is written as a look-behind
+#: from the C{$} so that every branch starts with a fixed character and
+#: the search skips ahead by them.)
+_NOT_NORMALISABLE = re.compile(r'"|\\|--|/\*|\$(?:(?<=\w\$)|(?!\d))')
+#: The same two patterns over ASCII bytes, where they match exactly as
+#: over the decoded text: the raw SQL of a message is looked up without
+#: decoding it.
+_ASCII_LITERALS = re.compile(_LITERALS.pattern.encode("ascii"))
+_ASCII_NOT_NORMALISABLE = re.compile(_NOT_NORMALISABLE.pattern.encode("ascii"))
+_DIGITS = b"0123456789"
+#: Every ASCII digit as C{0}: a statement's I{outline}.
+_DIGITS_AS_ZERO = bytes.maketrans(_DIGITS, b"0" * 10)
+_MISSING = object()
+#: A parse result as cached: C{((table, (op, ...)), ...)}, C{None} for a
+#: parse error.
+_Tables: TypeAlias = "tuple[tuple[str, tuple[str, ...]], ...] | None"
+#: How a CommandComplete is counted (see L{_Shared.commands}).
+_Counting: TypeAlias = "tuple[tuple[Counter, ...], tuple[Counter, ...], bool | None]"
 #: Entries in the SQL cache before it is emptied.
 SQL_CACHE_SIZE = 4096
 
@@ -86,6 +117,24 @@ class _Shared:
     statements with different values (pgbench, any ORM) parses each shape
     once.  The result of a cached statement is the same as parsing it: the
     tables and operations of a statement do not depend on its literals.
+
+    In front of it, so that a statement of a known shape costs no regular
+    expression, each database has an outline cache: the I{outline} of an
+    ASCII statement (every digit made C{0}, one C{bytes.translate}) to the
+    same result.  Both patterns treat every digit alike, so statements of
+    one outline have their literals at the same places and the same text
+    between them but for digits; when the shape has no digit left (all
+    were in literals: C{aid = ?}, not C{t1}), they all have that shape and
+    the outline is entered.
+
+    @ivar commands: Envoy's statement and transaction counting for each
+        CommandComplete command word (as bytes): the counters to bump
+        outside an explicit transaction, those to bump inside one, and
+        whether the connection is in one afterwards (C{None}: unchanged).
+    @ivar otherCommand: the same for any other command word.
+    @ivar tags: L{commandOf} by the whole CommandComplete tags seen.
+    @ivar frontendRules: L{countRules} of the client's decoder.
+    @ivar backendRules: L{countRules} of the server's decoder.
     """
 
     def __init__(self, config: PostgresProxyConfig, store: Any,
@@ -93,34 +142,117 @@ class _Shared:
                  ) -> None:
         self.config = config
         self.scope = scope = store.scope(f"postgres.{config.statPrefix}")
-        self.stats = {name: scope.counter(name) for name in COUNTERS}
+        self.stats = stats = {name: scope.counter(name) for name in COUNTERS}
         self.parseSql = parseSql
-        self._sqlCache: dict[tuple[str, str | None],
-                             tuple[tuple[str, tuple[str, ...]], ...] | None] = {}
+        self._sqlCache: dict[tuple[str, str | None], _Tables] = {}
+        self._outlines: dict[str | None, dict[bytes, _Tables]] = {}
+        self.frontendRules = countRules(True, _FRONTEND_WANTED)
+        self.backendRules = countRules(False, _BACKEND_WANTED)
+        # The counters of the scan, held directly.
+        self.messages = stats["messages"]
+        self.messagesFrontend = stats["messages_frontend"]
+        self.messagesBackend = stats["messages_backend"]
+        self.parsed = stats["statements_parsed"]
+        self.parseErrors = stats["statements_parse_error"]
+        self.rollbacks = stats["transactions_rollback"]
+        statements, other = stats["statements"], stats["statements_other"]
+        transactions, commits = stats["transactions"], stats["transactions_commit"]
+        begin = ((statements, other, transactions), (statements, other), True)
+        self.commands: dict[bytes, _Counting] = {
+            b"BEGIN": begin, b"START": begin,
+            b"COMMIT": ((statements, other, commits), (statements, other, commits), False),
+            b"ROLLBACK": ((statements, other), (statements, other, self.rollbacks), False),
+        }
+        for command, name in _STATEMENTS.items():
+            self.commands[command.encode("ascii")] = (
+                (statements, stats[name], transactions, commits), (statements, stats[name]),
+                None)
+        self.otherCommand: _Counting = (
+            (statements, other, transactions, commits), (statements, other), None)
+        self.tags: dict[bytes, _Counting] = {}
 
-    def tables(self, sql: str, database: str | None
-               ) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+    def commandOf(self, tag: bytes) -> _Counting:
+        """
+        The counting of a CommandComplete C{tag} (see L{commands}), by its
+        first word; remembered in L{tags}.
+        """
+        counting = self.commands.get(tag.split(b" ", 1)[0], self.otherCommand)
+        tags = self.tags
+        if len(tags) >= TAG_CACHE_SIZE:
+            tags.clear()
+        tags[tag] = counting
+        return counting
+
+    def tables(self, sql: str | bytes, database: str | None) -> _Tables:
         """
         The parse result of C{sql} (see L{parseSql}) as immutable pairs,
         from the cache when a statement of the same shape was seen.
+
+        C{sql} is the text of a Query or Parse, or its raw bytes (decoded
+        as UTF-8, errors replaced, unless they are ASCII).
         """
-        if _NOT_NORMALISABLE.search(sql) is None:
-            key = (_LITERALS.sub("?", sql), database)
-        else:
-            key = (sql, database)
+        if sql.isascii():
+            return self._asciiTables(
+                sql.encode("ascii") if isinstance(sql, str) else sql, database)
+        text = sql if isinstance(sql, str) else sql.decode("utf-8", "replace")
+        shape = text if _NOT_NORMALISABLE.search(text) else _LITERALS.sub("?", text)
+        return self._parsed(shape, text, database)
+
+    def _asciiTables(self, raw: bytes, database: str | None) -> _Tables:
+        """
+        L{tables} of ASCII SQL: by its outline, else by its shape (found
+        with the patterns over bytes, which match as over the text).
+        """
+        outlines = self.outlinesOf(database)
+        outline = raw.translate(_DIGITS_AS_ZERO)
+        result = outlines.get(outline, _MISSING)
+        if result is not _MISSING:
+            return result  # type: ignore[return-value]
+        shape = raw if _ASCII_NOT_NORMALISABLE.search(raw) else _ASCII_LITERALS.sub(b"?", raw)
+        result = self._parsed(shape.decode("ascii"), raw.decode("ascii"), database)
+        if len(shape.translate(None, _DIGITS)) == len(shape):
+            # No digit outside literals: the whole outline has this shape.
+            if len(outlines) >= SQL_CACHE_SIZE:
+                outlines.clear()
+            outlines[outline] = result
+        return result
+
+    def _parsed(self, shape: str, sql: str, database: str | None) -> _Tables:
+        """
+        The cached result for C{shape}, else C{sql} parsed and cached.
+        """
+        key = (shape, database)
         cache = self._sqlCache
-        try:
-            return cache[key]
-        except KeyError:
-            pass
+        result = cache.get(key, _MISSING)
+        if result is not _MISSING:
+            return result  # type: ignore[return-value]
         assert self.parseSql is not None
         parsed = self.parseSql(sql, database)
         result = None if parsed is None else tuple(
             (table, tuple(ops)) for table, ops in parsed.items())
         if len(cache) >= SQL_CACHE_SIZE:
+            # Outlines lead to entries of this cache: they go too.
             cache.clear()
+            for outlines in self._outlines.values():
+                outlines.clear()
         cache[key] = result
         return result
+
+    def outlinesOf(self, database: str | None) -> dict[bytes, _Tables]:
+        """
+        The outline cache of C{database} (see L{_Shared}), filled by
+        L{tables}; a connection may hold on to it and look outlines up
+        itself.
+        """
+        outlines = self._outlines.get(database)
+        if outlines is None:
+            if len(self._outlines) >= SQL_CACHE_SIZE:
+                # Emptied, as connections may still hold them, then dropped.
+                for stale in self._outlines.values():
+                    stale.clear()
+                self._outlines.clear()
+            outlines = self._outlines[database] = {}
+        return outlines
 
     def inc(self, *names: str) -> None:
         """
@@ -145,12 +277,25 @@ class PostgresProxyFilter:
     One connection: decodes the client's messages on the read path and
     the server's on the write path, counts them as Envoy does, and always
     lets the bytes through untouched.
+
+    Once the login is past, a chunk that starts at a message boundary (the
+    usual case: a client's queries, a server's replies) is scanned here in
+    one loop: whole messages the decoder would only count are counted by
+    their header (with its length rules, L{countRules}), Query, Parse,
+    Terminate and CommandComplete are acted on from the raw bytes.  At
+    anything else (a message cut by the chunk's end, an unknown type, an
+    ErrorResponse, a malformed length) the rest of the chunk goes to the
+    L{Decoder}, which decides exactly as if it had seen the whole chunk.
+    A chunk that starts inside a message gives the decoder what completes
+    that message (L{Decoder.needed}), and the scan goes on from there.
+
+    @cvar scanning: whether that scan is used at all; the tests turn it off
+        to check that both ways count the same.
     """
 
-    def __init__(self, shared: _Shared) -> None:
-        from pyenvoy.filters.postgres_proxy.codec import Decoder, MalformedMessage
+    scanning = True
 
-        self._malformedType = MalformedMessage
+    def __init__(self, shared: _Shared) -> None:
         self.shared = shared
         self.sniffing = True
         self.frontend = Decoder(frontend=True, only=_FRONTEND_WANTED)
@@ -158,6 +303,14 @@ class PostgresProxyFilter:
         self.started = False
         self.inTransaction = False
         self.parameters: dict[str, str] = {}
+        #: The C{database} startup parameter (or the user), for the SQL cache.
+        self._database: str | None = None
+        self._parsing = shared.parseSql is not None
+        #: The database's outline cache, from the StartupMessage on.
+        self._outlines: dict[bytes, Any] = {}
+        #: Whether the next chunk of each side may be scanned here.
+        self._scanFrontend = False
+        self._scanBackend = False
         #: The parse result last written to the dynamic metadata.
         self._lastTables: Any = None
         #: terminate_ssl: the client's first bytes, held until its first
@@ -178,11 +331,93 @@ class PostgresProxyFilter:
         self.writeCallbacks = callbacks
 
     def onNewConnection(self) -> FilterStatus:
-        return FilterStatus.CONTINUE
+        return _CONTINUE
+
+    def _rescan(self) -> None:
+        """
+        Decide again whether each side's next chunk may be scanned here:
+        after the decoder saw bytes, or anything else changed.
+        """
+        scan = self.scanning and self.sniffing and self._replay is None
+        self._scanFrontend = (scan and self._early is None and self.frontend.atBoundary)
+        self._scanBackend = scan and self.started and self.backend.atBoundary
 
     def onData(self, data: bytes, endStream: bool) -> FilterStatus:
         """
         Decode what the client sent.
+        """
+        if not self._scanFrontend or type(data) is not bytes or len(data) > _SCAN_LIMIT:
+            return self._frontendAside(data, endStream)
+        size = len(data)
+        pos = n = 0
+        unpack = _HEADER.unpack_from
+        rules = self.shared.frontendRules
+        while size - pos >= 5:
+            kind, length = unpack(data, pos)
+            end = pos + length + 1
+            if length < 4 or end > size:
+                break
+            rule = rules[kind]
+            if rule >= 0:
+                if rule and length != rule:
+                    break
+            elif kind == _Q or kind == _P:
+                start = pos + 5
+                if kind == _P:
+                    start = data.find(b"\0", start, end) + 1  # past the statement's name
+                    if not start:
+                        break
+                # The SQL ends at the first NUL: normally the last byte.
+                last = end - 1
+                sql = data[start:last]
+                if start > last or data[last] or 0 in sql:
+                    nul = data.find(b"\0", start, end)
+                    if nul < 0:
+                        break
+                    sql = data[start:nul]
+                if self._parsing:
+                    self._sql(sql)
+            elif kind == _X and length == 4:
+                if self.inTransaction:
+                    self.inTransaction = False
+                    self.shared.rollbacks.value += 1
+            else:
+                break
+            n += 1
+            pos = end
+        if n:
+            shared = self.shared
+            shared.messages.value += n
+            shared.messagesFrontend.value += n
+        if pos < size:
+            self._decodeFrontend(data[pos:], endStream)
+            self._rescan()
+        return _CONTINUE
+
+    def _frontendAside(self, data: bytes, endStream: bool) -> FilterStatus:
+        """
+        What the client sent when it cannot be scanned from its start: to
+        the decoder, only as far as the message under way if the rest can
+        be scanned then.
+        """
+        decoder = self.frontend
+        if (self.scanning and self.sniffing and self._early is None and self._replay is None
+                and type(data) is bytes):
+            needed = decoder.needed
+            while 0 < needed < len(data):
+                self._decodeFrontend(data[:needed], False)
+                data = data[needed:]
+                self._rescan()
+                if self._scanFrontend:
+                    return self.onData(data, endStream)
+                needed = decoder.needed
+        status = self._decodeFrontend(data, endStream)
+        self._rescan()
+        return status
+
+    def _decodeFrontend(self, data: bytes, endStream: bool) -> FilterStatus:
+        """
+        Decode what the client sent with the L{Decoder}.
         """
         if self._replay is not None:
             self._replay += data
@@ -196,7 +431,7 @@ class PostgresProxyFilter:
                 if not self.sniffing:
                     break
             self._countFrontend(decoded)
-        return FilterStatus.CONTINUE
+        return _CONTINUE
 
     def _earlyData(self, data: bytes, endStream: bool) -> FilterStatus:
         """
@@ -292,6 +527,75 @@ class PostgresProxyFilter:
         """
         Decode what the server sent (once the client's startup is seen).
         """
+        if not self._scanBackend or type(data) is not bytes or len(data) > _SCAN_LIMIT:
+            return self._backendAside(data, endStream)
+        size = len(data)
+        pos = n = 0
+        unpack = _HEADER.unpack_from
+        rules = self.shared.backendRules
+        tags = self.shared.tags
+        while size - pos >= 5:
+            kind, length = unpack(data, pos)
+            end = pos + length + 1
+            if length < 4 or end > size:
+                break
+            rule = rules[kind]
+            if rule >= 0:
+                if rule and length != rule:
+                    break
+            elif kind == _C:
+                # The command tag ends at the first NUL: normally the last byte.
+                start = pos + 5
+                last = end - 1
+                tag = data[start:last]
+                if start > last or data[last] or 0 in tag:
+                    nul = data.find(b"\0", start, end)
+                    if nul < 0:
+                        break
+                    tag = data[start:nul]
+                idle, busy, after = tags.get(tag) or self.shared.commandOf(tag)
+                for counter in (busy if self.inTransaction else idle):
+                    counter.value += 1
+                if after is not None:
+                    self.inTransaction = after
+            else:
+                break
+            n += 1
+            pos = end
+        if n:
+            shared = self.shared
+            shared.messages.value += n
+            shared.messagesBackend.value += n
+        if pos < size:
+            self._decodeBackend(data[pos:])
+            self._rescan()
+        return _CONTINUE
+
+    def _backendAside(self, data: bytes, endStream: bool) -> FilterStatus:
+        """
+        What the server sent when it cannot be scanned from its start: to
+        the decoder, only as far as the message under way if the rest can
+        be scanned then.
+        """
+        decoder = self.backend
+        if (self.scanning and self.sniffing and self.started and self._replay is None
+                and type(data) is bytes):
+            needed = decoder.needed
+            while 0 < needed < len(data):
+                self._decodeBackend(data[:needed])
+                data = data[needed:]
+                self._rescan()
+                if self._scanBackend:
+                    return self.onWrite(data, endStream)
+                needed = decoder.needed
+        status = self._decodeBackend(data)
+        self._rescan()
+        return status
+
+    def _decodeBackend(self, data: bytes) -> FilterStatus:
+        """
+        Decode what the server sent with the L{Decoder}.
+        """
         if self._replay is not None:
             if data:
                 self._upstreamAnswer(data)
@@ -307,10 +611,11 @@ class PostgresProxyFilter:
             decoder.counted = 0
             if n:
                 self.shared.count("messages_backend", n)
-        return FilterStatus.CONTINUE
+        return _CONTINUE
 
     def _stop(self) -> None:
         self.sniffing = False
+        self._scanFrontend = self._scanBackend = False
         self.frontend.stop()
         self.backend.stop()
 
@@ -328,7 +633,7 @@ class PostgresProxyFilter:
         Act on one decoded client message as Envoy does; C{False} (not a
         message to count) for a decoding error.
         """
-        if type(message) is self._malformedType:
+        if type(message) is MalformedMessage:
             self._malformed(message, "frontend")
             return False
         shared = self.shared
@@ -343,6 +648,8 @@ class PostgresProxyFilter:
                 self.parameters = dict(message.values["parameters"])
                 if "database" not in self.parameters and "user" in self.parameters:
                     self.parameters["database"] = self.parameters["user"]
+                self._database = self.parameters.get("database")
+                self._outlines = shared.outlinesOf(self._database)
                 self.started = True
             else:
                 shared.inc("messages", "messages_unknown")
@@ -351,11 +658,12 @@ class PostgresProxyFilter:
         if name == "Unknown":
             shared.inc("messages", "messages_unknown")
         elif name in ("Query", "Parse"):
-            self._sql(message.values["sql"])
+            if shared.parseSql is not None:
+                self._sql(message.values["sql"])
         elif name == "Terminate":
             if self.inTransaction:
                 self.inTransaction = False
-                shared.inc("transactions_rollback")
+                shared.rollbacks.value += 1
         return True
 
     def _backendMessage(self, message: Any) -> bool:
@@ -363,13 +671,20 @@ class PostgresProxyFilter:
         Act on one decoded server message as Envoy does; C{False} (not a
         message to count) for a decoding error.
         """
-        if type(message) is self._malformedType:
+        if type(message) is MalformedMessage:
             self._malformed(message, "backend")
             return False
         shared = self.shared
         name = message.name
         if name == "CommandComplete":
-            self._commandComplete(message.values["command"])
+            # The command word's UTF-8 is the bytes it was decoded from,
+            # as far as the known (ASCII) words go.
+            idle, busy, after = shared.commandOf(
+                message.values["command"].encode("utf-8", "surrogateescape"))
+            for counter in (busy if self.inTransaction else idle):
+                counter.value += 1
+            if after is not None:
+                self.inTransaction = after
         elif name == "ErrorResponse":
             shared.inc("errors", _ERRORS.get(message.values["severity"], "errors_unknown"))
         elif name == "NoticeResponse":
@@ -381,38 +696,20 @@ class PostgresProxyFilter:
             shared.inc("messages", "messages_unknown")
         return True
 
-    def _commandComplete(self, command: str) -> None:
+    def _sql(self, sql: str | bytes) -> None:
         """
-        Envoy's statement and transaction counting from a command tag.
+        Count a Query's or Parse's SQL as parsed or not, and set the
+        dynamic metadata from its tables.
         """
         shared = self.shared
-        if command in ("BEGIN", "START"):
-            shared.inc("statements", "statements_other")
-            if not self.inTransaction:
-                shared.inc("transactions")
-            self.inTransaction = True
-        elif command == "COMMIT":
-            shared.inc("statements", "statements_other", "transactions_commit")
-            self.inTransaction = False
-        elif command == "ROLLBACK":
-            shared.inc("statements", "statements_other")
-            if self.inTransaction:
-                shared.inc("transactions_rollback")
-            self.inTransaction = False
-        else:
-            shared.inc("statements", _STATEMENTS.get(command, "statements_other"))
-            if not self.inTransaction:
-                shared.inc("transactions", "transactions_commit")
-
-    def _sql(self, sql: str) -> None:
-        parse = self.shared.parseSql
-        if parse is None:
-            return
-        tables = self.shared.tables(sql, self.parameters.get("database"))
+        found: Any = _MISSING
+        if type(sql) is bytes and sql.isascii():
+            found = self._outlines.get(sql.translate(_DIGITS_AS_ZERO), _MISSING)
+        tables = shared.tables(sql, self._database) if found is _MISSING else found
         if tables is None:
-            self.shared.inc("statements_parse_error")
+            shared.parseErrors.value += 1
             return
-        self.shared.inc("statements_parsed")
+        shared.parsed.value += 1
         if tables is self._lastTables:
             # The same statement shape again: its entries are already set.
             return
@@ -513,15 +810,11 @@ class PostgresProxyFactory:
 
     def createFilterFactory(self, config: PostgresProxyConfig, context: Any) -> Any:
         """
-        Load the codec (and sqlglot, if SQL parsing is on) and create the
-        stats once.
+        Load sqlglot, if SQL parsing is on, and create the stats once.
         """
-        import pyenvoy.filters.postgres_proxy.codec  # noqa: F401
-
         parser = None
         if config.enableSqlParsing:
-            import sqlglot  # noqa: F401
-
+            importlib.import_module("sqlglot")
             # sqlglot logs a warning for each statement it cannot fully
             # parse; those are counted as statements_parse_error instead.
             logging.getLogger("sqlglot").setLevel(logging.ERROR)

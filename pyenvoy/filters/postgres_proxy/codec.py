@@ -229,6 +229,26 @@ def _backend(kind: str, body: bytes) -> dict[str, Any]:
 _DECODE, _SKIP, _COUNT = range(3)
 
 
+def countRules(frontend: bool, only: frozenset[str]) -> tuple[int, ...]:
+    """
+    What a L{Decoder} with C{only} does with a whole typed message, by
+    type byte, as a table a scanner can index with the byte itself: the
+    length the protocol fixes for a type it only counts, C{0} for a type
+    it only counts whatever its length (at least 4), C{-1} for a type it
+    decodes or does not know.
+
+    A filter that scans whole messages itself (see L{Decoder.atBoundary})
+    reads the same rules as the decoder from here.
+    """
+    names = FRONTEND_TYPES if frontend else BACKEND_TYPES
+    fixed = _FRONTEND_FIXED if frontend else _BACKEND_FIXED
+    rules = [-1] * 256
+    for kind in names:
+        if kind not in only:
+            rules[ord(kind)] = fixed.get(kind, 0)
+    return tuple(rules)
+
+
 class Decoder:
     """
     Decode one direction of a connection.
@@ -286,6 +306,36 @@ class Decoder:
             kind.encode("latin-1"): (_COUNT if only is not None and kind not in only
                                      else _SKIP if kind in skipTypes else _DECODE)
             for kind in names}
+
+    @property
+    def atBoundary(self) -> bool:
+        """
+        Whether the next byte starts a typed message: past the startup
+        phase, nothing buffered or being skipped, not stopped.  Whole typed
+        messages may then be scanned by the caller (with L{countRules})
+        and the rest of its bytes fed here, as if all had been fed.
+        """
+        return not (self.stopped or self.startup or self._encryptionResponse
+                    or self._skip or self._buffer)
+
+    @property
+    def needed(self) -> int:
+        """
+        How many more bytes complete the typed message under way, or its
+        header while that is incomplete; C{0} at a boundary, in the
+        startup phase or once stopped.  Fed exactly that many, the decoder
+        is at a boundary, or has a whole header and needs more.
+        """
+        if self.stopped or self.startup or self._encryptionResponse:
+            return 0
+        if self._skip:
+            return self._skip
+        held = len(self._buffer)
+        if not held:
+            return 0
+        if held < 5:
+            return 5 - held
+        return _UINT32.unpack_from(self._buffer, 1)[0] + 1 - held
 
     def expectEncryptionResponse(self) -> None:
         """
