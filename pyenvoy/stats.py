@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import itertools
 import re
 from typing import Iterator
 
@@ -124,6 +125,21 @@ class Histogram:
         if index < len(self.bucketCounts):
             self.bucketCounts[index] += 1
         self._recent.append(value)
+
+    def recordMany(self, value: float, times: int) -> None:
+        """
+        Record C{value} C{times} times, as that many L{record} calls would
+        (the sum up to float rounding), in one step: a batch of commands
+        answered at the same moment.
+        """
+        if times <= 0:
+            return
+        self.count += times
+        self.sum += value * times
+        index = bisect.bisect_left(DEFAULT_BUCKETS, value)
+        if index < len(self.bucketCounts):
+            self.bucketCounts[index] += times
+        self._recent.extend(itertools.repeat(value, min(times, self._recent.maxlen or times)))
 
     def cumulativeBuckets(self) -> list[tuple[float, int]]:
         """

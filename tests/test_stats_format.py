@@ -362,3 +362,25 @@ class PrometheusTests(TestCase):
         text = renderPrometheus(store)
         self.assertEqual(text, "# TYPE envoy_a_b counter\nenvoy_a_b{} 1\n")
         self.assertEqual(list(parsePrometheus(text)), ["envoy_a_b"])
+
+
+class HistogramTests(TestCase):
+    """
+    L{pyenvoy.stats.Histogram} recording.
+    """
+
+    def test_recordManyIsRepeatedRecord(self) -> None:
+        """
+        C{recordMany(v, n)} leaves a histogram as C{n} C{record(v)} calls do:
+        count, sum, buckets and quantiles.
+        """
+        from pyenvoy.stats import Histogram
+
+        one, many = Histogram("one", reservoir=8), Histogram("many", reservoir=8)
+        for value, times in ((0.7, 3), (12.0, 1), (4e9, 2), (3.0, 20), (5.0, 0)):
+            for _ in range(times):
+                one.record(value)
+            many.recordMany(value, times)
+            self.assertEqual((many.count, many.sum, many.bucketCounts, many.quantiles()),
+                             (one.count, one.sum, one.bucketCounts, one.quantiles()))
+        self.assertEqual(many.count, 26)
