@@ -66,6 +66,21 @@ TAG_CACHE_SIZE = 1024
 SSL_REQUEST = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"
 
 
+def _terminated(data: bytes, start: int, end: int) -> bytes | None:
+    """
+    The string at C{data[start:end]} up to its first NUL (normally the
+    message's last byte); C{None} when there is none.
+    """
+    last = end - 1
+    value = data[start:last]
+    if start > last or data[last] or 0 in value:
+        nul = data.find(b"\0", start, end)
+        if nul < 0:
+            return None
+        value = data[start:nul]
+    return value
+
+
 @dataclass(frozen=True)
 class PostgresProxyConfig:
     """
@@ -347,7 +362,7 @@ class PostgresProxyFilter:
         Decode what the client sent.
         """
         if not self._scanFrontend or type(data) is not bytes or len(data) > _SCAN_LIMIT:
-            return self._frontendAside(data, endStream)
+            return self._aside(data, endStream, True)
         size = len(data)
         pos = n = 0
         unpack = _HEADER.unpack_from
@@ -367,14 +382,9 @@ class PostgresProxyFilter:
                     start = data.find(b"\0", start, end) + 1  # past the statement's name
                     if not start:
                         break
-                # The SQL ends at the first NUL: normally the last byte.
-                last = end - 1
-                sql = data[start:last]
-                if start > last or data[last] or 0 in sql:
-                    nul = data.find(b"\0", start, end)
-                    if nul < 0:
-                        break
-                    sql = data[start:nul]
+                sql = _terminated(data, start, end)
+                if sql is None:
+                    break
                 if self._parsing:
                     self._sql(sql)
             elif kind == _X and length == 4:
@@ -394,24 +404,28 @@ class PostgresProxyFilter:
             self._rescan()
         return _CONTINUE
 
-    def _frontendAside(self, data: bytes, endStream: bool) -> FilterStatus:
+    def _aside(self, data: bytes, endStream: bool, frontend: bool) -> FilterStatus:
         """
-        What the client sent when it cannot be scanned from its start: to
-        the decoder, only as far as the message under way if the rest can
-        be scanned then.
+        A chunk that cannot be scanned from its start: to the decoder, only
+        as far as the message under way if the rest can be scanned then.
         """
-        decoder = self.frontend
-        if (self.scanning and self.sniffing and self._early is None and self._replay is None
+        if frontend:
+            decoder, decode, ready = self.frontend, self._decodeFrontend, self._early is None
+        else:
+            decoder, decode, ready = self.backend, self._decodeBackend, self.started
+        if (self.scanning and self.sniffing and ready and self._replay is None
                 and type(data) is bytes):
             needed = decoder.needed
             while 0 < needed < len(data):
-                self._decodeFrontend(data[:needed], False)
+                decode(data[:needed], False)
                 data = data[needed:]
                 self._rescan()
-                if self._scanFrontend:
+                if frontend and self._scanFrontend:
                     return self.onData(data, endStream)
+                if not frontend and self._scanBackend:
+                    return self.onWrite(data, endStream)
                 needed = decoder.needed
-        status = self._decodeFrontend(data, endStream)
+        status = decode(data, endStream)
         self._rescan()
         return status
 
@@ -528,7 +542,7 @@ class PostgresProxyFilter:
         Decode what the server sent (once the client's startup is seen).
         """
         if not self._scanBackend or type(data) is not bytes or len(data) > _SCAN_LIMIT:
-            return self._backendAside(data, endStream)
+            return self._aside(data, endStream, False)
         size = len(data)
         pos = n = 0
         unpack = _HEADER.unpack_from
@@ -544,15 +558,9 @@ class PostgresProxyFilter:
                 if rule and length != rule:
                     break
             elif kind == _C:
-                # The command tag ends at the first NUL: normally the last byte.
-                start = pos + 5
-                last = end - 1
-                tag = data[start:last]
-                if start > last or data[last] or 0 in tag:
-                    nul = data.find(b"\0", start, end)
-                    if nul < 0:
-                        break
-                    tag = data[start:nul]
+                tag = _terminated(data, pos + 5, end)
+                if tag is None:
+                    break
                 idle, busy, after = tags.get(tag) or self.shared.commandOf(tag)
                 for counter in (busy if self.inTransaction else idle):
                     counter.value += 1
@@ -567,34 +575,14 @@ class PostgresProxyFilter:
             shared.messages.value += n
             shared.messagesBackend.value += n
         if pos < size:
-            self._decodeBackend(data[pos:])
+            self._decodeBackend(data[pos:], endStream)
             self._rescan()
         return _CONTINUE
 
-    def _backendAside(self, data: bytes, endStream: bool) -> FilterStatus:
+    def _decodeBackend(self, data: bytes, endStream: bool = False) -> FilterStatus:
         """
-        What the server sent when it cannot be scanned from its start: to
-        the decoder, only as far as the message under way if the rest can
-        be scanned then.
-        """
-        decoder = self.backend
-        if (self.scanning and self.sniffing and self.started and self._replay is None
-                and type(data) is bytes):
-            needed = decoder.needed
-            while 0 < needed < len(data):
-                self._decodeBackend(data[:needed])
-                data = data[needed:]
-                self._rescan()
-                if self._scanBackend:
-                    return self.onWrite(data, endStream)
-                needed = decoder.needed
-        status = self._decodeBackend(data)
-        self._rescan()
-        return status
-
-    def _decodeBackend(self, data: bytes) -> FilterStatus:
-        """
-        Decode what the server sent with the L{Decoder}.
+        Decode what the server sent with the L{Decoder} (the end of the
+        server's stream changes nothing here).
         """
         if self._replay is not None:
             if data:
