@@ -118,6 +118,11 @@ class FilterManager:
             if IWriteFilter.providedBy(f):
                 self._writes.append(_WriteEntry(self, len(self._writes), f))
         self._last = len(self._reads) - 1
+        #: C{(entry, onData)} of every read filter once all are initialized:
+        #: the steady-state path of L{onRead}.
+        self._readers: tuple[tuple[_ReadEntry, Any], ...] | None = None
+        #: Each write filter's C{onWrite}, in the order they run.
+        self._writers = tuple(entry.filter.onWrite for entry in self._writes)
         self._stoppedAt: int | None = None
         self._held: list[bytes] = []
         self._heldEnd = False
@@ -156,18 +161,46 @@ class FilterManager:
     def onRead(self, data: bytes, endStream: bool) -> None:
         """
         Bytes (or end of stream) arrived from the peer.
+
+        Once every read filter is initialized and none holds anything, the
+        filters are called straight from a tuple: L{_iterate}'s work minus
+        its checks for initializing, held bytes and empty reads.
         """
         stoppedAt = self._stoppedAt
-        if stoppedAt is None:
-            self._iterate(0, data, endStream)
+        if stoppedAt is not None:
+            self._iterate(0, data, endStream, until=stoppedAt)
             return
-        self._iterate(0, data, endStream, until=stoppedAt)
+        readers = self._readers
+        if readers is None:
+            reads = self._reads
+            if not all(entry.initialized for entry in reads):
+                self._iterate(0, data, endStream)
+                return
+            readers = self._readers = tuple((entry, entry.filter.onData) for entry in reads)
+        if not data and not endStream:
+            return
+        isOpen = self.isOpen
+        last = self._last
+        for entry, onData in readers:
+            if not isOpen():
+                return
+            entry.injected = False
+            if onData(data, endStream) is STOP and entry.index < last:
+                if entry.injected:
+                    # It passed its own version on: nothing to hold.
+                    entry.injected = False
+                    return
+                self._hold(entry.index, entry.index + 1, data, endStream)
+                return
 
     def onWrite(self, data: bytes, endStream: bool) -> None:
         """
         Bytes (or end of stream) are to go to the peer.
         """
-        self._write(0, data, endStream)
+        for onWrite in self._writers:
+            if onWrite(data, endStream) is STOP:
+                return
+        self.output(data, endStream)
 
     def _write(self, index: int, data: bytes, endStream: bool) -> None:
         writes = self._writes
