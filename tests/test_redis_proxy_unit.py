@@ -482,7 +482,7 @@ class HashTests(SynchronousTestCase):
         """
         On this (64-bit Linux) machine libstdc++'s _Hash_bytes is used.
         """
-        self.assertIsNotNone(hashing._hashBytes)
+        self.assertIsNotNone(hashing.nativeMurmurHash2)
 
     @settings(max_examples=500, deadline=None)
     @given(st.binary(max_size=64), st.integers(0, 2**64 - 1))
@@ -548,3 +548,458 @@ class CombineTests(SynchronousTestCase):
         done = b"*2\r\n$1\r\n0\r\n*0\r\n"
         self.assertEqual(pf._ScanCursor(1, 3)(None, done), b"*2\r\n$1\r\n2\r\n*0\r\n")
         self.assertEqual(pf._ScanCursor(2, 3)(None, done), b"*2\r\n$1\r\n0\r\n*0\r\n")
+
+
+class _FakeUpstream:
+    """
+    A shard connection that keeps what the filter writes to it.
+    """
+
+    def __init__(self, handler: Any) -> None:
+        self.handler = handler
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self, flush: bool = True) -> None:
+        self.closed = True
+
+    def commands(self) -> list[list[bytes]]:
+        """
+        The commands written so far (and forget them).
+        """
+        data, self.written = b"".join(self.written), []
+        return PyDecoder().feed(data)
+
+
+class _FakeDownstream:
+    """
+    A client connection that keeps what the filter writes to it.
+    """
+
+    id = 1
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def addConnectionCallback(self, callback: Any) -> None:
+        pass
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def readDisable(self, disable: bool) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def close(self, closeType: Any = None, details: str = "") -> None:
+        self.closed = True
+
+
+class _Harness:
+    """
+    One configured redis_proxy over two fake shards, on a L{Clock}: bytes
+    in from clients, bytes out to shards and back.
+    """
+
+    PORTS = [7001, 7002]
+
+    def __init__(self, proxy: dict | None = None) -> None:
+        bootstrap = parse(redisProxyConfig(self.PORTS, proxy=proxy))
+        self.clock = Clock()
+        self.store = Store()
+        manager = ClusterManager(bootstrap.clusters, self.store, self.clock)
+        self.upstreams: dict[int, _FakeUpstream] = {}
+        manager.connectHost = self._connect  # type: ignore[method-assign]
+        context = type("Context", (), {"reactor": self.clock, "store": self.store,
+                                       "clusterManager": manager})()
+        self.shared = pf._Shared(bootstrap.listeners[0].filterChains[0].filters[0].config,
+                                 context)
+        self.pool = self.shared.pools["redis"]
+
+    def _connect(self, cluster: Any, host: Any, handler: Any) -> _FakeUpstream:
+        upstream = _FakeUpstream(handler)
+        self.upstreams[host.address[1]] = upstream
+        self.clock.callLater(0, handler.upstreamConnected, upstream)
+        return upstream
+
+    def client(self) -> tuple[pf.RedisProxyFilter, _FakeDownstream]:
+        """
+        A new client connection's filter and its connection.
+        """
+        proxy = pf.RedisProxyFilter(self.shared)
+        downstream = _FakeDownstream()
+        proxy.initializeReadFilterCallbacks(type("Callbacks", (), {"connection": downstream})())
+        proxy.onNewConnection()
+        return proxy, downstream
+
+    def send(self, proxy: pf.RedisProxyFilter, data: bytes) -> None:
+        """
+        C{data} read from a client, then the end of the reactor iteration.
+        """
+        proxy.onData(data, False)
+        self.clock.advance(0)
+
+    def answerAll(self) -> None:
+        """
+        Each shard answers every command it got with a bulk string naming
+        the command, the shard and the order: C{"<args>@<port>#<n>"}.
+        """
+        for port, upstream in sorted(self.upstreams.items()):
+            replies = []
+            for n, command in enumerate(upstream.commands()):
+                body = b" ".join(command) + b"@%d#%d" % (port, n)
+                replies.append(b"$%d\r\n%s\r\n" % (len(body), body))
+            if replies:
+                upstream.handler.upstreamData(b"".join(replies))
+        self.clock.advance(0)
+
+    def portOf(self, key: bytes) -> int:
+        """
+        The port of the shard the pool places C{key} on.
+        """
+        return self.pool.hostForKey(key).address[1]  # type: ignore[union-attr]
+
+    def counter(self, name: str) -> int:
+        """
+        The value of counter C{name}.
+        """
+        return self.store.get(name).value  # type: ignore[union-attr]
+
+
+def _commands(*commands: list[bytes]) -> bytes:
+    """
+    C{commands} as a client sends them.
+    """
+    return b"".join(encodeCommand(command) for command in commands)
+
+
+class PlainPathTests(SynchronousTestCase):
+    """
+    The plain path (catch-all route only, keys seen before) forwards the
+    same bytes, keeps reply order and counts the same stats as the
+    general path.
+    """
+
+    KEYS = [b"key:%d" % i for i in range(12)]
+
+    def _pipeline(self) -> list[list[bytes]]:
+        out = []
+        for key in self.KEYS:
+            out.append([b"SET", key, b"v" + key])
+            out.append([b"get", key])
+        return out
+
+    def _expected(self, harness: _Harness, pipeline: list[list[bytes]]) -> bytes:
+        """
+        The replies the client must get, in request order.
+        """
+        counts: dict[int, int] = {}
+        replies = []
+        for command in pipeline:
+            port = harness.portOf(command[1])
+            n = counts.get(port, 0)
+            counts[port] = n + 1
+            body = b" ".join(command) + b"@%d#%d" % (port, n)
+            replies.append(b"$%d\r\n%s\r\n" % (len(body), body))
+        return b"".join(replies)
+
+    def _roundTrip(self, harness: _Harness, proxy: pf.RedisProxyFilter,
+                   downstream: _FakeDownstream, reads: list[bytes]) -> set[type]:
+        """
+        Send the pipeline in C{reads}, check what each shard got, answer
+        and check the client's replies; return the kinds of slot used.
+        """
+        pipeline = self._pipeline()
+        for read in reads:
+            harness.send(proxy, read)
+        self.assertEqual(len(proxy._queue), len(pipeline))
+        kinds = {type(slot) for slot in proxy._queue}
+        sent = {port: up.written[:] for port, up in harness.upstreams.items()}
+        for port in harness.PORTS:
+            self.assertEqual(b"".join(sent[port]), _commands(
+                *[c for c in pipeline if harness.portOf(c[1]) == port]))
+        harness.answerAll()
+        self.assertEqual(b"".join(downstream.written), self._expected(harness, pipeline))
+        self.assertEqual(len(downstream.written), 1)
+        downstream.written.clear()
+        return kinds
+
+    def test_pipelineSameBytesAndOrder(self) -> None:
+        """
+        A pipeline over both shards: the first time by the general path,
+        the second by the plain one (slots of the plain kind); each shard
+        gets exactly its commands, encoded, and the client every reply in
+        order, in one write.
+        """
+        harness = _Harness()
+        proxy, downstream = harness.client()
+        data = _commands(*self._pipeline())
+        self.assertIn(pf._Slot, self._roundTrip(harness, proxy, downstream, [data]))
+        self.assertEqual({harness.portOf(k) for k in self.KEYS}, set(harness.PORTS))
+        self.assertEqual(self._roundTrip(harness, proxy, downstream, [data]), {pf._PlainSlot})
+        self.assertEqual(harness.counter("redis.test.command.get.total"), 24)
+        self.assertEqual(harness.counter("redis.test.command.get.success"), 24)
+        self.assertEqual(harness.counter("redis.test.command.set.success"), 24)
+        latency = harness.store.get("redis.test.command.get.latency")
+        self.assertEqual(latency.count, 24)  # type: ignore[union-attr]
+
+    def test_newKeysOnPlainPath(self) -> None:
+        """
+        Keys never seen before take the plain path too once the table is
+        known and the commands' spellings were seen (hashed on the way),
+        and land where the pool places them.
+        """
+        harness = _Harness()
+        proxy, downstream = harness.client()
+        harness.send(proxy, _commands([b"SET", b"warm", b"1"], [b"get", b"warm"]))
+        harness.answerAll()
+        downstream.written.clear()
+        self.assertEqual(harness.pool.validKeyClients(), {
+            b"warm": harness.pool.clientForKey(b"warm")})
+        data = _commands(*self._pipeline())
+        self.assertEqual(self._roundTrip(harness, proxy, downstream, [data]), {pf._PlainSlot})
+        self.assertEqual(set(harness.pool.validKeyClients()),  # type: ignore[arg-type]
+                         {b"warm", *self.KEYS})
+
+    def test_splitOverReads(self) -> None:
+        """
+        The same pipeline cut into reads of 7 bytes (commands split across
+        reads) gives the same upstream bytes and replies.
+        """
+        harness = _Harness()
+        proxy, downstream = harness.client()
+        data = _commands(*self._pipeline())
+        self._roundTrip(harness, proxy, downstream, [data])
+        reads = [data[i:i + 7] for i in range(0, len(data), 7)]
+        self.assertEqual(self._roundTrip(harness, proxy, downstream, reads), {pf._PlainSlot})
+
+    def test_inlineCommands(self) -> None:
+        """
+        Inline commands (telnet) for seen keys go to the shards as RESP
+        arrays, their replies in order.
+        """
+        harness = _Harness()
+        proxy, downstream = harness.client()
+        self._roundTrip(harness, proxy, downstream, [_commands(*self._pipeline())])
+        inline = b"".join(b" ".join(c) + b"\r\n" for c in self._pipeline())
+        self.assertEqual(self._roundTrip(harness, proxy, downstream, [inline]), {pf._PlainSlot})
+
+    def test_notBulkArguments(self) -> None:
+        """
+        For a key on the plain path, an argument that is not a bulk string
+        (an integer, a nested array) is still 'invalid request', nothing
+        is sent upstream and the replies around it keep their order.
+        """
+        harness = _Harness()
+        proxy, downstream = harness.client()
+        self._roundTrip(harness, proxy, downstream, [_commands(*self._pipeline())])
+        key = self.KEYS[0]
+        data = (_commands([b"GET", key])
+                + b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n:5\r\n" % (len(key), key)
+                + b"*2\r\n$3\r\nGET\r\n*1\r\n$1\r\na\r\n"
+                + b"*3\r\n$3\r\nSET\r\n*1\r\n$1\r\na\r\n$1\r\nb\r\n"
+                + _commands([b"GET", key]))
+        harness.send(proxy, data)
+        port = harness.portOf(key)
+        self.assertEqual(harness.upstreams[port].written,
+                         [_commands([b"GET", key], [b"GET", key])])
+        harness.answerAll()
+        first, second = (b"GET %s@%d#%d" % (key, port, n) for n in (0, 1))
+        self.assertEqual(b"".join(downstream.written),
+                         b"$%d\r\n%s\r\n" % (len(first), first)
+                         + b"-invalid request\r\n" * 3
+                         + b"$%d\r\n%s\r\n" % (len(second), second))
+        self.assertEqual(harness.counter("redis.test.splitter.invalid_request"), 3)
+
+    def test_upstreamFailure(self) -> None:
+        """
+        A shard connection that closes with plain-path commands waiting
+        fails each of them with 'upstream failure', in order, counted as
+        errors.
+        """
+        harness = _Harness()
+        proxy, downstream = harness.client()
+        self._roundTrip(harness, proxy, downstream, [_commands(*self._pipeline())])
+        keys = [k for k in self.KEYS if harness.portOf(k) == 7001][:3]
+        harness.send(proxy, _commands(*[[b"GET", k] for k in keys]))
+        self.assertEqual({type(slot) for slot in proxy._queue}, {pf._PlainSlot})
+        harness.upstreams[7001].handler.upstreamClosed(False)
+        harness.clock.advance(0)
+        self.assertEqual(b"".join(downstream.written), b"-upstream failure\r\n" * 3)
+        self.assertEqual(harness.counter("redis.test.command.get.error"), 3)
+
+    def test_prefixRouteRemovesPrefix(self) -> None:
+        """
+        With a prefix route that removes its prefix (no plain path), the
+        shards get the keys without it, the second time as the first.
+        """
+        harness = _Harness(proxy={"prefix_routes": {
+            "catch_all_route": {"cluster": "redis"},
+            "routes": [{"prefix": "p:", "remove_prefix": True, "cluster": "redis"}]}})
+        self.assertIsNone(harness.shared.plainRoute)
+        proxy, downstream = harness.client()
+        for _ in range(2):
+            harness.send(proxy, _commands([b"SET", b"p:abc", b"1"], [b"GET", b"p:abc"],
+                                          [b"GET", b"abc"]))
+            port = harness.portOf(b"abc")
+            self.assertEqual(harness.upstreams[port].commands(),
+                             [[b"SET", b"abc", b"1"], [b"GET", b"abc"], [b"GET", b"abc"]])
+
+    def test_msetMget(self) -> None:
+        """
+        MSET and MGET over both shards, keys seen or not: one piece per
+        shard, the combined replies, an error from one shard counted.
+        """
+        harness = _Harness()
+        proxy, downstream = harness.client()
+        keys = self.KEYS[:6] + [b"new:%d" % i for i in range(6)]
+        mset = [b"MSET"]
+        for key in keys:
+            mset += [key, b"v"]
+        harness.send(proxy, _commands(*[[b"GET", k] for k in self.KEYS[:6]]))
+        harness.answerAll()
+        downstream.written.clear()
+        harness.send(proxy, _commands(mset, [b"MGET"] + keys))
+        for port in harness.PORTS:
+            upstream = harness.upstreams[port]
+            mine = [k for k in keys if harness.portOf(k) == port]
+            self.assertEqual(len(upstream.written), 1)
+            self.assertEqual(upstream.commands(), [[b"SET", k, b"v"] for k in mine]
+                             + [[b"GET", k] for k in mine])
+            replies = [b"+OK\r\n"] * len(mine) + [b"$1\r\n%d\r\n" % (port % 10)] * len(mine)
+            if port == 7002:
+                replies[0] = b"-ERR oom\r\n"
+            upstream.handler.upstreamData(b"".join(replies))
+        harness.clock.advance(0)
+        mget = b"*12\r\n" + b"".join(b"$1\r\n%d\r\n" % (harness.portOf(k) % 10) for k in keys)
+        self.assertEqual(b"".join(downstream.written),
+                         b"-finished with 1 error(s)\r\n" + mget)
+        self.assertEqual(harness.counter("redis.test.command.mset.error"), 1)
+        self.assertEqual(harness.counter("redis.test.command.mget.success"), 1)
+
+
+class PlainMultiTests(SynchronousTestCase):
+    """
+    MSET and MGET taken straight from the plain path check what the
+    general path checks, with the same replies and stats.
+    """
+
+    def test_badRequests(self) -> None:
+        """
+        An odd MSET, a bare MSET and an MGET with a non-bulk argument get
+        Envoy's replies, in order with a good MGET, and count as the
+        general path counts them.
+        """
+        for plain in (True, False):
+            # Command stats keep every command on the general path.
+            harness = _Harness(proxy=None if plain else {
+                "settings": {"op_timeout": "5s", "enable_command_stats": True}})
+            self.assertEqual(harness.shared.plainRoute is not None, plain)
+            proxy, downstream = harness.client()
+            harness.send(proxy, _commands([b"GET", b"a"]))
+            harness.answerAll()
+            downstream.written.clear()
+            harness.send(proxy, _commands([b"MSET", b"a", b"1", b"b"], [b"MSET"])
+                         + b"*3\r\n$4\r\nMGET\r\n$1\r\na\r\n:1\r\n"
+                         + _commands([b"mget", b"a"]))
+            self.assertEqual(downstream.written, [
+                b"-wrong number of arguments for 'MSET' command\r\n-invalid request\r\n"
+                b"-invalid request\r\n"])
+            harness.answerAll()
+            body = b"GET a@%d#0" % harness.portOf(b"a")
+            self.assertEqual(downstream.written[-1], b"*1\r\n$%d\r\n%s\r\n" % (len(body), body))
+            self.assertEqual(
+                [harness.counter(f"redis.test.{name}") for name in (
+                    "command.mset.total", "command.mset.error", "command.mget.total",
+                    "command.mget.success", "splitter.invalid_request")],
+                [1, 1, 1, 1, 2], plain)
+
+
+class RunStatsTests(SynchronousTestCase):
+    """
+    Plain replies counted in runs leave the command stats as one record
+    per reply would.
+    """
+
+    def test_runsCountEveryReply(self) -> None:
+        """
+        Replies of one command kind read together make one run; a reply of
+        another kind or latency starts a new one; once written, every
+        reply is counted with its own latency.
+        """
+        harness = _Harness()
+        proxy, downstream = harness.client()
+        keys = [b"k%d" % i for i in range(40)]
+        warm = _commands(*[[b"GET", k] for k in keys], *[[b"SET", k, b"v"] for k in keys])
+        harness.send(proxy, warm)
+        harness.answerAll()
+        get = harness.store.get("redis.test.command.get.latency")
+        before, sumBefore = get.count, get.sum  # type: ignore[union-attr]
+        harness.send(proxy, _commands(*[[b"GET", k] for k in keys[:20]]))
+        harness.clock.advance(0.004)
+        harness.send(proxy, _commands(*[[b"GET", k] for k in keys[20:]],
+                                      [b"SET", keys[0], b"w"]))
+        harness.clock.advance(0.002)
+        harness.answerAll()
+        self.assertEqual(get.count - before, 40)  # type: ignore[union-attr]
+        self.assertEqual(harness.counter("redis.test.command.get.success"), 80)
+        self.assertEqual(harness.counter("redis.test.command.set.success"), 41)
+        # 20 GETs waited 6 ms, 20 waited 2 ms.
+        self.assertAlmostEqual(get.sum - sumBefore, 20 * 6 + 20 * 2)  # type: ignore[union-attr]
+        self.assertEqual(proxy.runCount, 0)
+
+
+class TableRebuildTests(SynchronousTestCase):
+    """
+    Remembered key placements are dropped as soon as the table changes,
+    even in the middle of a read.
+    """
+
+    def _setUp(self) -> tuple[_Harness, pf.RedisProxyFilter, list[bytes], bytes]:
+        """
+        Keys remembered on both shards, then shard 7001 turned unhealthy
+        without the table knowing; return the harness, a client, the keys
+        remembered on 7001 and a new key that lands on 7001.
+        """
+        harness = _Harness()
+        proxy, downstream = harness.client()
+        keys = [b"k%d" % i for i in range(40)]
+        harness.send(proxy, _commands(*[[b"GET", k] for k in keys], [b"MSET", b"k0", b"v"]))
+        harness.answerAll()
+        onFirst = [k for k in keys if harness.portOf(k) == 7001]
+        fresh = next(k for k in (b"n%d" % i for i in range(100))
+                     if harness.portOf(k) == 7001)
+        harness.pool._hosts.pop(fresh)
+        harness.pool._keyClients.pop(fresh, None)
+        [host] = [h for h in harness.pool.cluster.hosts if h.address[1] == 7001]
+        host.healthy = False
+        return harness, proxy, onFirst, fresh
+
+    def test_rebuildByMset(self) -> None:
+        """
+        The same when the new key comes in an MSET: the GETs after it in
+        the read go to the healthy shard.
+        """
+        harness, proxy, onFirst, fresh = self._setUp()
+        harness.send(proxy, _commands([b"MSET", fresh, b"v"], *[[b"GET", k] for k in onFirst]))
+        self.assertEqual(harness.upstreams[7001].commands(), [])
+        self.assertEqual(harness.upstreams[7002].commands(),
+                         [[b"SET", fresh, b"v"]] + [[b"GET", k] for k in onFirst])
+
+    def test_rebuildInsideRead(self) -> None:
+        """
+        A shard turns unhealthy without the table knowing: the first new
+        key that lands on it rebuilds the table, and the keys after it in
+        the same read, remembered on that shard, go to the other one.
+        """
+        harness, proxy, onFirst, fresh = self._setUp()
+        harness.send(proxy, _commands(*[[b"GET", k] for k in [fresh] + onFirst]))
+        self.assertEqual(harness.upstreams[7001].commands(), [])
+        self.assertEqual(harness.upstreams[7002].commands(),
+                         [[b"GET", k] for k in [fresh] + onFirst])

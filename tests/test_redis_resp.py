@@ -12,12 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from pyenvoy.filters.redis_proxy import resp
 from pyenvoy.filters.redis_proxy.resp import Error, ProtocolError, SimpleString, encode
 
-try:
-    import hiredis  # noqa: F401
-except ImportError:  # pragma: no cover
-    _noHiredis: str | None = "hiredis is not installed"
-else:
-    _noHiredis = None
+_noHiredis: str | None = None if resp.hiredisAvailable() else "hiredis is not installed"
 
 _CASES: list[tuple[str, bytes, list[Any]]] = [
     ("array of bulk strings", b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nva\r\nl\r\n",
@@ -156,6 +151,31 @@ class HiredisDecoderTests(_DecoderTests, SynchronousTestCase):
             got.extend(d.feed(data[i:i + 1000]))
         self.assertEqual(len(got), 2000)
         self.assertEqual(got[-1], [b"SET", b"key", b"v" * 100])
+
+    def test_arrayLimitOnFastPath(self) -> None:
+        """
+        A read that starts with an array header over a small array limit
+        is refused at once (it is not taken for a short header), and one
+        at the limit decodes.
+        """
+        over = b"*101\r\n" + b"$1\r\na\r\n" * 101
+        self.assertRaises(ProtocolError, self.decoder(maxArrayLength=100).feed, over)
+        at = b"*100\r\n" + b"$1\r\na\r\n" * 100
+        self.assertEqual(self.decoder(maxArrayLength=100).feed(at), [[b"a"] * 100])
+
+    def test_nothingKeptAfterWholeReads(self) -> None:
+        """
+        A read of whole commands leaves nothing held; one that ends inside
+        a command holds that read until the next completes it.
+        """
+        d = self.decoder()
+        one = encode([b"SET", b"k", b"v"])
+        self.assertEqual(d.feed(one * 3), [[b"SET", b"k", b"v"]] * 3)
+        self.assertEqual(d._keptLen, 0)
+        self.assertEqual(d.feed(one + one[:5]), [[b"SET", b"k", b"v"]])
+        self.assertEqual(d._keptLen, len(one) + 5)
+        self.assertEqual(d.feed(one[5:] + one), [[b"SET", b"k", b"v"]] * 2)
+        self.assertEqual(d._keptLen, 0)
 
 
 class EncodeTests(SynchronousTestCase):

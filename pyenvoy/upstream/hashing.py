@@ -122,7 +122,10 @@ def _libstdcxxHashBytes() -> Any:
     return function
 
 
-_hashBytes = _libstdcxxHashBytes()
+#: libstdc++'s C{_Hash_bytes(data, len(data), seed)} or C{None}: what
+#: L{murmurHash2} calls for bytes, for a hot path that has bytes already and
+#: wants none of L{murmurHash2}'s argument handling.
+nativeMurmurHash2: Any = _libstdcxxHashBytes()
 
 
 def murmurHash2(data: bytes | str, seed: int = STD_HASH_SEED) -> int:
@@ -136,8 +139,8 @@ def murmurHash2(data: bytes | str, seed: int = STD_HASH_SEED) -> int:
     @return: an unsigned 64-bit integer.
     """
     buf = _asBytes(data)
-    if _hashBytes is not None:
-        return _hashBytes(buf, len(buf), seed)
+    if nativeMurmurHash2 is not None:
+        return nativeMurmurHash2(buf, len(buf), seed)
     return _pythonMurmurHash2(buf, seed)
 
 

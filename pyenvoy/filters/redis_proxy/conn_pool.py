@@ -7,12 +7,13 @@ for what cannot share one (transactions, blocking commands, pub/sub).
 from __future__ import annotations
 
 from collections import deque
+from itertools import repeat
 from typing import Any, Callable
 
 from twisted.logger import Logger
 
 from pyenvoy.filters.redis_proxy.resp import ProtocolError, ReplyFramer
-from pyenvoy.upstream.hashing import murmurHash2
+from pyenvoy.upstream.hashing import STD_HASH_SEED, murmurHash2, nativeMurmurHash2
 from pyenvoy.upstream.host import Host
 
 log = Logger()
@@ -152,12 +153,14 @@ class UpstreamClient:
         self._opTimeout = opTimeout
         self._onPush = onPush
         self._onClose = onClose
-        self._out: list[bytes] = []
-        self._outLength = 0
-        #: Commands queued beyond one per C{_out} piece (L{sendMany}).
+        #: Encoded commands waiting for the end of the batch, and the
+        #: callbacks of every command written and not yet answered (the
+        #: filter's plain path appends to both itself, then calls L{touch}).
+        self.out: list[bytes] = []
+        self.pending: deque[Any] = deque()
+        #: Commands queued beyond one per C{out} piece (L{sendMany}).
         self._extraCommands = 0
         self._queued = False
-        self._pending: deque[Any] = deque()
         self._framer = ReplyFramer()
         self._connected = False
         self._responses = 0
@@ -177,9 +180,8 @@ class UpstreamClient:
     # -- sending ---------------------------------------------------------------
 
     def _enqueue(self, data: bytes, callbacks: Any) -> None:
-        self._out.append(data)
-        self._outLength += len(data)
-        self._pending.append(callbacks)
+        self.out.append(data)
+        self.pending.append(callbacks)
 
     def send(self, data: bytes, callbacks: Any) -> None:
         """
@@ -189,9 +191,17 @@ class UpstreamClient:
         if self.closed:
             callbacks.onFailure(UPSTREAM_FAILURE)
             return
-        self._out.append(data)
-        self._outLength += len(data)
-        self._pending.append(callbacks)
+        self.out.append(data)
+        self.pending.append(callbacks)
+        if not self._queued:
+            self._queued = True
+            self._batch.touched.append(self)
+
+    def touch(self) -> None:
+        """
+        Commands were appended to L{out} and L{pending} directly: write
+        them at the end of the batch.
+        """
         if not self._queued:
             self._queued = True
             self._batch.touched.append(self)
@@ -205,9 +215,8 @@ class UpstreamClient:
             for _ in range(count):
                 callbacks.onFailure(UPSTREAM_FAILURE)
             return
-        self._out.append(data)
-        self._outLength += len(data)
-        self._pending.extend([callbacks] * count)
+        self.out.append(data)
+        self.pending.extend(repeat(callbacks, count))
         self._extraCommands += count - 1
         if not self._queued:
             self._queued = True
@@ -220,8 +229,7 @@ class UpstreamClient:
         """
         if self.closed:
             return
-        self._out.append(data)
-        self._outLength += len(data)
+        self.out.append(data)
         if not self._queued:
             self._queued = True
             self._batch.touched.append(self)
@@ -233,7 +241,7 @@ class UpstreamClient:
         """
         self._queued = False
         limit = self.pool.maxBufferBeforeFlush
-        if limit and self._outLength < limit:
+        if limit and sum(map(len, self.out)) < limit:
             if self._flushTimer is None:
                 self._flushTimer = self._reactor.callLater(
                     self.pool.bufferFlushTimeout, self._flushTimedOut)
@@ -249,15 +257,14 @@ class UpstreamClient:
         """
         Write every queued command (once connected).
         """
-        if not self._connected or not self._out:
+        if not self._connected or not self.out:
             return
         if self._flushTimer is not None:
             if self._flushTimer.active():
                 self._flushTimer.cancel()
             self._flushTimer = None
-        out = self._out
-        self._out = []
-        self._outLength = 0
+        out = self.out
+        self.out = []
         self.pool.stats.upstream_rq_total.value += len(out) + self._extraCommands
         self._extraCommands = 0
         self._conn.write(out[0] if len(out) == 1 else b"".join(out))
@@ -273,7 +280,7 @@ class UpstreamClient:
         for a whole op_timeout while commands wait.
         """
         self._timer = None
-        if self.closed or not self._pending:
+        if self.closed or not self.pending:
             return
         if self._responses != self._seen:
             self._seen = self._responses
@@ -322,7 +329,16 @@ class UpstreamClient:
             return
         batch = self._batch
         batch.now = self._reactor.seconds()
-        pending = self._pending
+        pending = self.pending
+        if len(replies) <= len(pending):
+            popleft = pending.popleft
+            for raw in replies:
+                popleft().onReply(raw)
+            self._responses += len(replies)
+            if self.closeWhenIdle and not pending and not self.closed:
+                self.close()
+            batch.end()
+            return
         for raw in replies:
             if pending:
                 pending.popleft().onReply(raw)
@@ -363,8 +379,8 @@ class UpstreamClient:
             if timer is not None and timer.active():
                 timer.cancel()
         self._timer = self._flushTimer = None
-        pending, self._pending = self._pending, deque()
-        self._out = []
+        pending, self.pending = self.pending, deque()
+        self.out = []
         if not wasClosed:
             self.pool.forget(self)
             self._conn.close(flush=False)
@@ -469,10 +485,13 @@ class ConnPool:
                 if end > start + 1:
                     hashed = key[start + 1:end]
         context = self._lbContext
-        context.hashKey = murmurHash2(hashed)
+        if nativeMurmurHash2 is not None and type(hashed) is bytes:
+            context.hashKey = nativeMurmurHash2(hashed, len(hashed), STD_HASH_SEED)
+        else:
+            context.hashKey = murmurHash2(hashed)
         host = lb.chooseHost(context)
         if builds is not None and host is not None:
-            if getattr(lb, "builds", None) == builds and not getattr(lb, "panic", False):
+            if lb.builds == builds and not getattr(lb, "panic", False):
                 hosts = self._hosts
                 if len(hosts) >= HASH_CACHE_SIZE:
                     hosts.clear()
@@ -489,6 +508,18 @@ class ConnPool:
         if client is None or client.closed or self.cluster.lb.builds != self._builds:
             return None
         return client
+
+    def validKeyClients(self) -> dict[bytes, UpstreamClient] | None:
+        """
+        The key to database-0 client cache, for a caller that looks up
+        many keys in one go, or C{None} when the table was rebuilt since
+        it was filled (then use L{clientForKey}).  A client found in it
+        may have closed since: check C{closed}.
+        """
+        builds = getattr(self.cluster.lb, "builds", None)
+        if builds is None or builds != self._builds:
+            return None
+        return self._keyClients
 
     def clientForKey(self, key: bytes, db: int = 0) -> UpstreamClient | None:
         """

@@ -7,6 +7,11 @@ by its key, and writes the replies back in request order.  Commands read
 in one chunk are written to each upstream in one write, and the replies
 that one upstream read completes go to each client in one write
 (L{pyenvoy.filters.redis_proxy.conn_pool.Batch}).
+
+The common case (a catch-all route only, single-key commands) runs inline
+in L{RedisProxyFilter.onData} with one small slot per command and its
+stats counted per run of replies (L{RedisProxyFilter.endRun}); everything
+else goes through L{RedisProxyFilter._handle}.
 """
 
 from __future__ import annotations
@@ -39,6 +44,14 @@ OK = b"+OK\r\n"
 PONG = b"+PONG\r\n"
 QUEUED = b"+QUEUED\r\n"
 EMPTY_ARRAY = b"*0\r\n"
+
+_ONLY_BYTES = {bytes}
+
+#: The plain path's mark for a key whose connection is not remembered.
+_UNKNOWN: Any = object()
+
+_FORMAT2 = b"*2\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+_FORMAT3 = b"*3\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
 
 #: A client with this many replies outstanding is not read until half are sent.
 MAX_PENDING_PER_CLIENT = 4096
@@ -291,18 +304,47 @@ class _Slot:
         owner.batch.end()
 
 
-class _PlainSlot(_Slot):
+class _PlainSlot:
     """
-    A slot on the plain path (no redirection, fault, hook or delay can
-    apply): the reply is counted and queued with nothing else to check.
+    A slot on the plain path (catch-all route only, database 0, no
+    redirection, fault, hook or delay can apply): the four fields a reply
+    needs, in C{__slots__}, as one is made per command.
     """
 
+    __slots__ = ("owner", "stats", "start", "reply")
+
+    quit = False
+
+    def __init__(self, owner: "RedisProxyFilter", stats: _CommandStats, start: float) -> None:
+        self.owner = owner
+        self.stats = stats
+        self.start = start
+        self.reply: bytes | None = None
+
     def onReply(self, raw: bytes) -> None:
-        stats = self.stats
-        owner = self.owner
-        stats.success.value += 1  # type: ignore[union-attr]
-        stats.latency.record((owner.batch.now - self.start) * owner.latencyScale)  # type: ignore[union-attr]
         self.reply = raw
+        owner = self.owner
+        # Counted in runs: replies of one command, sent in one read and
+        # answered in one read, share their latency (see endRun).
+        elapsed = owner.batch.now - self.start
+        if self.stats is owner.runStats and elapsed == owner.runElapsed:
+            owner.runCount += 1
+        else:
+            if owner.runCount:
+                owner.endRun()
+            owner.runStats = self.stats
+            owner.runElapsed = elapsed
+            owner.runCount = 1
+        if not owner.dirty:
+            owner.dirty = True
+            owner.batch.dirty.append(owner)
+
+    def onFailure(self, raw: bytes) -> None:
+        self.reply = raw
+        stats = self.stats
+        stats.error.value += 1
+        owner = self.owner
+        stats.latency.record((owner.batch.now - self.start) * owner.latencyScale)
         if not owner.dirty:
             owner.dirty = True
             owner.batch.dirty.append(owner)
@@ -370,9 +412,13 @@ class _ShardParts:
         self.next = 0
 
     def onReply(self, raw: bytes) -> None:
-        index = self.indices[self.next]
+        # _Split.child, inline: this runs once per key.
+        parent = self.parent
+        parent.parts[self.indices[self.next]] = raw
         self.next += 1
-        self.parent.child(index, raw)
+        parent.remaining -= 1
+        if not parent.remaining:
+            parent.finish()
 
     onFailure = onReply
 
@@ -385,7 +431,9 @@ class _Split(_Slot):
 
     def __init__(self, owner: "RedisProxyFilter", stats: _CommandStats | None, count: int,
                  combine: Any) -> None:
-        super().__init__(owner, stats)
+        self.owner = owner
+        self.stats = stats
+        self.start = owner.batch.now
         self.parts: list[bytes | None] = [None] * count
         self.remaining = count
         self.combine = combine
@@ -394,8 +442,14 @@ class _Split(_Slot):
         self.parts[index] = raw
         self.remaining -= 1
         if not self.remaining:
-            reply, ok = self.combine(self.parts)
-            self.complete(reply, ok)
+            self.finish()
+
+    def finish(self) -> None:
+        """
+        Every part is in: combine them into the reply.
+        """
+        reply, ok = self.combine(self.parts)
+        self.complete(reply, ok)
 
 
 def _combineMget(parts: list[bytes]) -> tuple[bytes, bool]:
@@ -415,7 +469,7 @@ def _combineMget(parts: list[bytes]) -> tuple[bytes, bool]:
 
 
 def _combineOk(parts: list[bytes]) -> tuple[bytes, bool]:
-    errors = sum(1 for raw in parts if raw != OK)
+    errors = len(parts) - parts.count(OK)
     if errors:
         return _error(f"finished with {errors} error(s)"), False
     return OK, True
@@ -519,6 +573,13 @@ class RedisProxyFilter:
         self.commandStats = shared.config.enableCommandStats
         self.connection: Any = None
         self.dirty = False
+        #: Whether this client's state lets its commands take the plain
+        #: path (L{_plainKeyClients}).
+        self._plain = False
+        #: A run of plain replies not counted yet (L{endRun}).
+        self.runStats: _CommandStats | None = None
+        self.runElapsed = 0.0
+        self.runCount = 0
         self.db = 0
         self.authenticated = not shared.config.authPasswords
         self.transaction = _Transaction()
@@ -575,16 +636,89 @@ class RedisProxyFilter:
                 self.connection.close(CloseType.FLUSH_WRITE, "downstream protocol error")
                 return FilterStatus.STOP_ITERATION
             if requests:
-                batch.now = self.reactor.seconds()
+                batch.now = now = self.reactor.seconds()
                 count = len(requests)
                 shared.downstream_rq_total.value += count
                 shared.downstream_rq_active.value += count
                 handle = self._handle
+                table = shared.table
+                queue = self._queue
+                plain = shared.plainRoute
+                if self._plain:
+                    keyClients = plain.pool.validKeyClients()  # type: ignore[union-attr]
+                else:
+                    keyClients = self._plainKeyClients()
+                clientForKey = plain.pool.clientForKey if plain is not None else None
+                touched = None
                 for request in requests:
                     if self._quitting:
                         shared.downstream_rq_active.value -= 1
                         continue
-                    handle(request)
+                    if keyClients is not None:
+                        # The plain path inline: a single-key command on the
+                        # catch-all route (MSET and MGET go straight to their
+                        # split).  Anything odd (not an array of bulk
+                        # strings, another kind of command) takes the
+                        # general path.
+                        client = entry = None
+                        try:
+                            entry = table.get(request[0])
+                            if entry is not None and entry.kind == _SIMPLE:
+                                client = keyClients.get(request[1])
+                                if client is None or client.closed:
+                                    client = _UNKNOWN
+                        except (TypeError, IndexError):
+                            pass
+                        if client is None and entry is not None and (
+                                entry.kind == _MSET or entry.kind == _MGET):
+                            self._plainMulti(request, entry)
+                            # (Its new keys may have rebuilt the table.)
+                            keyClients = plain.pool.validKeyClients()  # type: ignore[union-attr]
+                            continue
+                        if client is not None:
+                            # Re-encoded first: a TypeError for an argument
+                            # that is not a bulk string sends the command the
+                            # general way, which answers "invalid request".
+                            try:
+                                if len(request) == 3:
+                                    a, b, c = request
+                                    encoded = _FORMAT3 % (len(a), a, len(b), b, len(c), c)
+                                elif len(request) == 2:
+                                    a, b = request
+                                    encoded = _FORMAT2 % (len(a), a, len(b), b)
+                                else:
+                                    encoded = encodeCommand(request)
+                            except TypeError:
+                                handle(request)
+                                continue
+                            if client is _UNKNOWN:
+                                # A key not seen lately: hash it (and
+                                # remember it); no host is the general
+                                # path's error.  Landing on a host that
+                                # turned unhealthy rebuilds the table, which
+                                # makes the cache stale: look again.
+                                client = clientForKey(request[1])  # type: ignore[misc]
+                                keyClients = self._plainKeyClients()
+                                if client is None:
+                                    handle(request)
+                                    keyClients = self._plainKeyClients()
+                                    continue
+                            stats = entry.stats
+                            stats.total.value += 1  # type: ignore[union-attr]
+                            slot = _PlainSlot(self, stats, now)  # type: ignore[arg-type]
+                            queue.append(slot)  # type: ignore[arg-type]
+                            client.out.append(encoded)
+                            client.pending.append(slot)
+                            if client is not touched:
+                                client.touch()
+                                touched = client
+                            continue
+                        handle(request)
+                        keyClients = self._plainKeyClients()
+                    else:
+                        handle(request)
+                        if not self._quitting:
+                            keyClients = self._plainKeyClients()
                 batch.end()
                 if len(self._queue) > MAX_PENDING_PER_CLIENT and not self._readPaused:
                     self._readPaused = True
@@ -628,20 +762,45 @@ class RedisProxyFilter:
         Write every reply at the head of the queue that is known.
         """
         self.dirty = False
+        if self.runCount:
+            self.endRun()
         queue = self._queue
-        if self._closed or not queue or queue[0].reply is None:
+        if self._closed or not queue:
             return
-        out = []
+        reply = queue[0].reply
+        if reply is None:
+            return
+        popleft = queue.popleft
         quit = False
-        while queue and queue[0].reply is not None:
-            slot = queue.popleft()
-            out.append(slot.reply)
-            if slot.quit:
-                quit = True
-                break
+        if self._quitting:
+            # A QUIT may be among them: stop after its reply.
+            out = []
+            while queue and queue[0].reply is not None:
+                slot = popleft()
+                out.append(slot.reply)
+                if slot.quit:
+                    quit = True
+                    break
+            data = b"".join(out)
+            count = len(out)
+        else:
+            popleft()
+            if not queue or queue[0].reply is None:
+                data = reply  # type: ignore[assignment]
+                count = 1
+            else:
+                out = [reply]
+                append = out.append
+                while queue:
+                    reply = queue[0].reply
+                    if reply is None:
+                        break
+                    popleft()
+                    append(reply)
+                data = b"".join(out)
+                count = len(out)
         shared = self.shared
-        shared.downstream_rq_active.value -= len(out)
-        data = out[0] if len(out) == 1 else b"".join(out)
+        shared.downstream_rq_active.value -= count
         shared.downstream_cx_tx_bytes_total.value += len(data)
         self.connection.write(data)
         if quit or (self._ended and not queue):
@@ -653,6 +812,24 @@ class RedisProxyFilter:
             self.connection.readDisable(False)
         if not queue and shared.draining:
             self.closeIfIdle()
+
+    def endRun(self) -> None:
+        """
+        Count the run of plain replies noted since the last one: each a
+        success with the same latency, recorded in one step.  A run ends
+        when a reply of another command or latency comes, and when the
+        replies are written (at the latest at the end of the reactor
+        iteration that read them).
+        """
+        stats = self.runStats
+        count = self.runCount
+        self.runStats = None
+        self.runCount = 0
+        stats.success.value += count  # type: ignore[union-attr]
+        if count == 1:
+            stats.latency.record(self.runElapsed * self.latencyScale)  # type: ignore[union-attr]
+        else:
+            stats.latency.recordMany(self.runElapsed * self.latencyScale, count)  # type: ignore[union-attr]
 
     def closeIfIdle(self) -> None:
         """
@@ -897,10 +1074,51 @@ class RedisProxyFilter:
             if client is not None:
                 client.send(data, IGNORE)
 
+    def _plainKeyClients(self) -> dict[bytes, UpstreamClient] | None:
+        """
+        The catch-all pool's key to connection cache when this client's
+        commands can take the plain path (a catch-all route only, no
+        mirror, redirection, command stats or fault; authenticated,
+        database 0, no transaction, subscription or draining transaction
+        connection) and the cache is valid; else C{None}.
+
+        What the client's state allows is kept in C{_plain}: it changes
+        only by a command on the general path (which calls this again
+        after it), or, from plain-unfit to fit, when a transaction's
+        connection or a subscription ends (seen at the next command).
+        """
+        shared = self.shared
+        plain = shared.plainRoute
+        self._plain = not (
+            plain is None or not self.authenticated or self.subscription is not None
+            or shared.hasFaults or self.transaction.active or self.db
+            or self._draining is not None)
+        if not self._plain:
+            return None
+        return plain.pool.validKeyClients()  # type: ignore[union-attr]
+
+    def _plainMulti(self, request: list[bytes], entry: _Command) -> None:
+        """
+        MSET or MGET on the plain path: L{_handle}'s checks that can fail
+        for them here (arguments, arity), then the split.
+        """
+        if len(request) < 2 or set(map(type, request)) != _ONLY_BYTES:
+            self.shared.invalid_request.value += 1
+            self._local(INVALID_REQUEST)
+            return
+        stats = entry.stats
+        stats.total.value += 1  # type: ignore[union-attr]
+        if entry.kind == _MGET:
+            self._split(request, entry, b"GET", 1, _combineMget)
+        elif len(request) % 2 == 0:
+            stats.error.value += 1  # type: ignore[union-attr]
+            self._local(b"-wrong number of arguments for '" + request[0] + b"' command\r\n")
+        else:
+            self._split(request, entry, b"SET", 2, _combineOk)
+
     def _plainSimple(self, request: list[bytes], entry: _Command, pool: ConnPool) -> None:
         """
-        L{_simple} for the common setup (a catch-all route only, no
-        mirror, redirection or command stats, database 0), with the
+        L{_simple} for the common setup (see L{_plainKeyClients}), with the
         key's connection found in one step when the key was seen lately.
         """
         client = pool.cachedClient(request[1])
@@ -908,8 +1126,8 @@ class RedisProxyFilter:
             self._simple(request, entry, 1)
             return
         data = encodeCommand(request)
-        slot = _PlainSlot(self, entry.stats)
-        self._queue.append(slot)
+        slot = _PlainSlot(self, entry.stats, self.batch.now)  # type: ignore[arg-type]
+        self._queue.append(slot)  # type: ignore[arg-type]
         client.send(data, slot)
 
     def _simple(self, request: list[bytes], entry: _Command, keyIndex: int) -> _Slot | None:
@@ -944,34 +1162,39 @@ class RedisProxyFilter:
         plain = self.shared.plainRoute
         if plain is not None and not db:
             # One key (and value) per fragment, on the catch-all route.
-            cached = plain.pool.cachedClient
-            header = b"*%d\r\n$%d\r\n%b\r\n" % (step + 1, len(command), command)
             # Each shard gets its fragments as one piece, answered to one
             # callback object that takes their replies in order.
+            pool = plain.pool
+            keyClients = pool.validKeyClients() or {}
+            template = b"*%d\r\n$%d\r\n%b\r\n" % (step + 1, len(command),
+                                                   command.replace(b"%", b"%%"))
             groups: dict[UpstreamClient, tuple[list[bytes], list[int]]] = {}
+            keys = request[1::step]
+            values = request[2::step] if step == 2 else keys
+            template += b"$%d\r\n%b\r\n" if step == 1 else b"$%d\r\n%b\r\n$%d\r\n%b\r\n"
             for i in range(count):
-                index = 1 + i * step
-                client = cached(request[index])
-                if client is None:
-                    client = plain.pool.clientForKey(request[index])
+                key = keys[i]
+                client = keyClients.get(key)
+                if client is None or client.closed:
+                    client = pool.clientForKey(key)
+                    # (The table may have been rebuilt: see onData.)
+                    keyClients = pool.validKeyClients() or {}
                     if client is None:
                         slot.child(i, NO_UPSTREAM_HOST)
                         continue
                 if step == 1:
-                    key = request[index]
-                    data = header + b"$%d\r\n%b\r\n" % (len(key), key)
+                    data = template % (len(key), key)
                 else:
-                    key, value = request[index], request[index + 1]
-                    data = header + b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
-                        len(key), key, len(value), value)
+                    value = values[i]
+                    data = template % (len(key), key, len(value), value)
                 group = groups.get(client)
                 if group is None:
                     groups[client] = ([data], [i])
                 else:
                     group[0].append(data)
                     group[1].append(i)
-            for client, (pieces, indices) in groups.items():
-                client.sendMany(b"".join(pieces), _ShardParts(slot, indices), len(indices))
+            for client, (datas, indices) in groups.items():
+                client.sendMany(b"".join(datas), _ShardParts(slot, indices), len(indices))
             return slot
         for i in range(count):
             index = 1 + i * step

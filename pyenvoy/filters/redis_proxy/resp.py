@@ -255,6 +255,9 @@ class HiredisDecoder:
         self._hiredis = hiredis
         self._inline = inline
         self._limits = (maxBulkLength, maxArrayLength, maxInlineLength)
+        # An array header whose CRLF ends before this has too few digits
+        # to be over the array limit.
+        self._shortHeader = len(str(maxArrayLength + 1)) + 2
         self._reader = hiredis.Reader(notEnoughData=_NOT_ENOUGH)
         self._kept: list[bytes] = []
         self._keptLen = 0
@@ -275,6 +278,10 @@ class HiredisDecoder:
         """
         if self._py is not None:
             return self._py.feed(data)
+        if (not self._keptLen and not self._pending and data and data[0] == 0x2A
+                and 0 < data.find(b"\r\n", 1, self._shortHeader)
+                and len(data) <= self._limits[0]):
+            return self._feedArrays(data)
         out: list[Any] = []
         data = self._pending + data if self._pending else bytes(data)
         self._pending = b""
@@ -327,6 +334,40 @@ class HiredisDecoder:
             self._probeAt = self.PROBE_THRESHOLD
         elif self._keptLen >= self._probeAt:
             self._probe()
+        return out
+
+    def _feedArrays(self, data: bytes) -> list[Any]:
+        """
+        L{feed} for the usual read: at a message boundary, starting with an
+        array header too short to be over the array limit, no bigger than
+        the bulk limit.  The same steps as the general path, without the
+        checks that cannot apply, and no C{gets()} once hiredis has
+        nothing left.
+        """
+        reader = self._reader
+        reader.feed(data)
+        out: list[Any] = []
+        gets = reader.gets
+        hasData = reader.has_data
+        atBoundary = False
+        try:
+            while True:
+                value = gets()
+                if value is _NOT_ENOUGH:
+                    break
+                out.append(value)
+                if not hasData():
+                    atBoundary = True
+                    break
+        except self._hiredis.ProtocolError:
+            self._kept, self._keptLen, self._returned = [data], len(data), len(out)
+            return out + self._fallBack()
+        if self._fixErrors:
+            out = [_fixErrors(value) for value in out]
+        if not atBoundary:
+            self._kept, self._keptLen, self._returned = [data], len(data), len(out)
+            if self._keptLen >= self._probeAt:
+                self._probe()
         return out
 
     def _checkStart(self, data: bytes) -> None:
@@ -413,10 +454,10 @@ def hiredisAvailable() -> bool:
     Whether the hiredis C parser can be imported.
     """
     try:
-        import hiredis  # noqa: F401
+        import hiredis
     except ImportError:
         return False
-    return True
+    return hiredis is not None
 
 
 def makeDecoder(
