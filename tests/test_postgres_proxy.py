@@ -97,6 +97,31 @@ class FilterTests(SynchronousTestCase):
         self.assertEqual(h.connection.streamInfo.dynamicMetadata[METADATA_NAMESPACE],
                          {"t.alice": ["insert"], "u.alice": ["select"]})
 
+    def test_metadataFollowsEachStatement(self) -> None:
+        """
+        Each statement's tables and operations overwrite that table's entry,
+        also when statement shapes alternate (an entry that did not change
+        is not rewritten, one that did always is).
+        """
+        h = self.make()
+        metadata = h.connection.streamInfo.dynamicMetadata
+        h.receive(startup({"user": "u", "database": "db"}))
+        seen = []
+        for sql in (b"SELECT * FROM a WHERE k = 1", b"UPDATE a SET v = 2 WHERE k = 1",
+                    b"UPDATE b SET v = 3", b"SELECT * FROM a WHERE k = 4",
+                    b"UPDATE b SET v = 5", b"BEGIN", b"INSERT INTO a VALUES (6)"):
+            h.receive(f("Q", sql + b"\0"))
+            seen.append(dict(metadata[METADATA_NAMESPACE]))
+        self.assertEqual(seen, [
+            {"a.db": ["select"]},
+            {"a.db": ["update"]},
+            {"a.db": ["update"], "b.db": ["update"]},
+            {"a.db": ["select"], "b.db": ["update"]},
+            {"a.db": ["select"], "b.db": ["update"]},
+            {"a.db": ["select"], "b.db": ["update"]},
+            {"a.db": ["insert"], "b.db": ["update"]},
+        ])
+
     def test_noSqlParsing(self) -> None:
         """
         C{enable_sql_parsing: false}: no metadata, no parse stats.

@@ -328,6 +328,9 @@ class PostgresProxyFilter:
         self._scanBackend = False
         #: The parse result last written to the dynamic metadata.
         self._lastTables: Any = None
+        #: Each table's operations as last written to the dynamic metadata
+        #: (the cached tuple), so that an unchanged entry is not rewritten.
+        self._written: dict[str, tuple[str, ...]] = {}
         #: terminate_ssl: the client's first bytes, held until its first
         #: startup-phase message is whole (an SSLRequest is answered here
         #: and never forwarded).
@@ -702,10 +705,15 @@ class PostgresProxyFilter:
             # The same statement shape again: its entries are already set.
             return
         self._lastTables = tables
-        metadata = self.connection.streamInfo.dynamicMetadata.setdefault(
-            METADATA_NAMESPACE, {})
+        written = self._written
+        metadata = None
         for table, ops in tables:
-            metadata[table] = list(ops)
+            if written.get(table) is not ops:
+                if metadata is None:
+                    metadata = self.connection.streamInfo.dynamicMetadata.setdefault(
+                        METADATA_NAMESPACE, {})
+                metadata[table] = list(ops)
+                written[table] = ops
 
 
 def parseSql(sql: str, database: str | None) -> dict[str, list[str]] | None:
