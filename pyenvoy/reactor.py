@@ -34,7 +34,6 @@ from twisted.internet import epollreactor, main, tcp
 from twisted.python import log
 
 
-
 def _readsPlainly(cls: type) -> bool:
     """
     Whether C{cls} reads as C{tcp.Connection} does: exactly
@@ -74,17 +73,21 @@ class PyenvoyReactor(epollreactor.EPollReactor):
             selectable = selectables.get(fd)
             if selectable is None:
                 continue
-            if event == EPOLLIN:
-                cls = type(selectable)
-                plain = plainTypes.get(cls)
-                if plain is None:
-                    plain = plainTypes[cls] = _readsPlainly(cls)
-                # Connecting or aborting, Twisted swaps doRead per instance.
-                if plain and selectable.connected and not selectable._aborting:
-                    self._readPlain(selectable)
-                    continue
+            # As Twisted's callWithLogger: a failure while handling one event
+            # is logged and the others are still handled.
             try:
+                if event == EPOLLIN:
+                    cls = type(selectable)
+                    plain = plainTypes.get(cls)
+                    if plain is None:
+                        plain = plainTypes[cls] = _readsPlainly(cls)
+                    # Connecting or aborting, Twisted swaps doRead per instance.
+                    if plain and selectable.connected and not selectable._aborting:
+                        self._readPlain(selectable)
+                        continue
                 readOrWrite(selectable, fd, event)
+            except KeyboardInterrupt:
+                raise
             except BaseException:
                 log.err(None, "Unhandled error dispatching an event")
 
@@ -127,14 +130,11 @@ def install() -> PyenvoyReactor:
 def installIfNoneChosen() -> bool:
     """
     Install L{PyenvoyReactor} unless a reactor is already installed (for
-    example by C{twistd --reactor}) or epoll is not available.
+    example by C{twistd --reactor}).
 
     @return: whether it was installed.
     """
     if "twisted.internet.reactor" in sys.modules:
         return False
-    try:
-        install()
-    except (ImportError, AttributeError, OSError):
-        return False
+    install()
     return True

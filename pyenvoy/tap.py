@@ -96,9 +96,13 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     from pyenvoy.server import Server, installSignalDrain
 
     if reactor is None:
-        from pyenvoy.reactor import installIfNoneChosen
-
-        installIfNoneChosen()
+        try:
+            from pyenvoy.reactor import installIfNoneChosen
+        except ImportError:
+            # No epoll on this platform: Twisted's default reactor.
+            pass
+        else:
+            installIfNoneChosen()
         from twisted.internet import reactor as defaultReactor
         reactor = defaultReactor
     commandLine = {

@@ -148,6 +148,27 @@ class PyenvoyReactorTests(unittest.TestCase):
         self.assertIsNone(self.protocols[1].lost)
 
 
+    def test_failingCloseIsLoggedAndLoopGoesOn(self) -> None:
+        """
+        A protocol whose C{connectionLost} raises when its peer resets: the
+        error is logged and the poll goes on to the other connections.
+        """
+        other = socket.create_connection(("127.0.0.1", self.port.getHost().port),
+                                         timeout=MAX_SECONDS)
+        self.addCleanup(other.close)
+        self.pollUntil(lambda: len(self.protocols) == 2)
+
+        def broken(reason: Any = None) -> None:
+            raise ValueError("bug in connectionLost")
+
+        self.server.connectionLost = broken  # type: ignore[method-assign]
+        self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        self.client.close()
+        other.sendall(b"after")
+        self.pollUntil(lambda: self.protocols[1].received == b"after")
+        self.pollUntil(lambda: self.flushLoggedErrors(ValueError))
+
+
 class ReadsPlainlyTests(unittest.TestCase):
     """
     Which transports take the short path.
