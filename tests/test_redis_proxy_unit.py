@@ -854,7 +854,9 @@ class PlainPathTests(SynchronousTestCase):
     def test_msetMget(self) -> None:
         """
         MSET and MGET over both shards, keys seen or not: one piece per
-        shard, the combined replies, an error from one shard counted.
+        shard (MSET's keys of a shard as one MSET, counted as a request per
+        key as Envoy's SET per key is), the combined replies, an error from
+        one shard counted once per key it held.
         """
         harness = _Harness()
         proxy, downstream = harness.client()
@@ -865,21 +867,28 @@ class PlainPathTests(SynchronousTestCase):
         harness.send(proxy, _commands(*[[b"GET", k] for k in self.KEYS[:6]]))
         harness.answerAll()
         downstream.written.clear()
+        requestsBefore = harness.pool.stats.upstream_rq_total.value
         harness.send(proxy, _commands(mset, [b"MGET"] + keys))
+        onSecond = 0
         for port in harness.PORTS:
             upstream = harness.upstreams[port]
             mine = [k for k in keys if harness.portOf(k) == port]
             self.assertEqual(len(upstream.written), 1)
-            self.assertEqual(upstream.commands(), [[b"SET", k, b"v"] for k in mine]
+            self.assertEqual(upstream.commands(),
+                             [[b"MSET"] + [part for k in mine for part in (k, b"v")]]
                              + [[b"GET", k] for k in mine])
-            replies = [b"+OK\r\n"] * len(mine) + [b"$1\r\n%d\r\n" % (port % 10)] * len(mine)
+            replies = [b"+OK\r\n"] + [b"$1\r\n%d\r\n" % (port % 10)] * len(mine)
             if port == 7002:
-                replies[0] = b"-ERR oom\r\n"
+                replies[0] = b"-OOM command not allowed\r\n"
+                onSecond = len(mine)
             upstream.handler.upstreamData(b"".join(replies))
         harness.clock.advance(0)
+        self.assertGreater(onSecond, 0)
+        self.assertEqual(harness.pool.stats.upstream_rq_total.value - requestsBefore,
+                         2 * len(keys))
         mget = b"*12\r\n" + b"".join(b"$1\r\n%d\r\n" % (harness.portOf(k) % 10) for k in keys)
         self.assertEqual(b"".join(downstream.written),
-                         b"-finished with 1 error(s)\r\n" + mget)
+                         b"-finished with %d error(s)\r\n" % onSecond + mget)
         self.assertEqual(harness.counter("redis.test.command.mset.error"), 1)
         self.assertEqual(harness.counter("redis.test.command.mget.success"), 1)
 
@@ -990,7 +999,7 @@ class TableRebuildTests(SynchronousTestCase):
         harness.send(proxy, _commands([b"MSET", fresh, b"v"], *[[b"GET", k] for k in onFirst]))
         self.assertEqual(harness.upstreams[7001].commands(), [])
         self.assertEqual(harness.upstreams[7002].commands(),
-                         [[b"SET", fresh, b"v"]] + [[b"GET", k] for k in onFirst])
+                         [[b"MSET", fresh, b"v"]] + [[b"GET", k] for k in onFirst])
 
     def test_rebuildInsideRead(self) -> None:
         """

@@ -222,6 +222,22 @@ class UpstreamClient:
             self._queued = True
             self._batch.touched.append(self)
 
+    def sendCombined(self, data: bytes, callbacks: Any, commands: int) -> None:
+        """
+        Queue one encoded command that stands for C{commands} of Envoy's
+        (one shard's part of an MSET, where Envoy sends a SET per key): one
+        reply, counted in C{upstream_rq_total} as C{commands} requests.
+        """
+        if self.closed:
+            callbacks.onFailure(UPSTREAM_FAILURE)
+            return
+        self.out.append(data)
+        self.pending.append(callbacks)
+        self._extraCommands += commands - 1
+        if not self._queued:
+            self._queued = True
+            self._batch.touched.append(self)
+
     def sendUntracked(self, data: bytes) -> None:
         """
         Queue a command whose replies arrive as pushes (pub/sub), not as

@@ -423,6 +423,30 @@ class _ShardParts:
     onFailure = onReply
 
 
+class _ShardAll:
+    """
+    One shard's keys of an MSET, sent as one MSET: its one reply (C{+OK},
+    or an error) is each of those keys' reply.
+    """
+
+    __slots__ = ("parent", "indices")
+
+    def __init__(self, parent: "_Split", indices: list[int]) -> None:
+        self.parent = parent
+        self.indices = indices
+
+    def onReply(self, raw: bytes) -> None:
+        parent = self.parent
+        parts = parent.parts
+        for index in self.indices:
+            parts[index] = raw
+        parent.remaining -= len(self.indices)
+        if not parent.remaining:
+            parent.finish()
+
+    onFailure = onReply
+
+
 class _Split(_Slot):
     """
     A command answered by several upstream commands (MGET, MSET, DEL and
@@ -1166,8 +1190,10 @@ class RedisProxyFilter:
             # callback object that takes their replies in order.
             pool = plain.pool
             keyClients = pool.validKeyClients() or {}
-            template = b"*%d\r\n$%d\r\n%b\r\n" % (step + 1, len(command),
-                                                   command.replace(b"%", b"%%"))
+            # MSET's key/value pairs are sent in one MSET per shard (below),
+            # MGET's keys as a GET each.
+            template = b"" if step == 2 else b"*%d\r\n$%d\r\n%b\r\n" % (
+                step + 1, len(command), command.replace(b"%", b"%%"))
             groups: dict[UpstreamClient, tuple[list[bytes], list[int]]] = {}
             keys = request[1::step]
             values = request[2::step] if step == 2 else keys
@@ -1193,6 +1219,13 @@ class RedisProxyFilter:
                 else:
                     group[0].append(data)
                     group[1].append(i)
+            if step == 2:
+                # MSET: each shard's keys as one MSET, with the replies and
+                # request counts that a SET per key (Envoy's way) would give.
+                for client, (datas, indices) in groups.items():
+                    datas[0] = b"*%d\r\n$4\r\nMSET\r\n%b" % (2 * len(indices) + 1, datas[0])
+                    client.sendCombined(b"".join(datas), _ShardAll(slot, indices), len(indices))
+                return slot
             for client, (datas, indices) in groups.items():
                 client.sendMany(b"".join(datas), _ShardParts(slot, indices), len(indices))
             return slot
