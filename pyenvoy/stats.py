@@ -11,7 +11,7 @@ import bisect
 import collections
 import itertools
 import re
-from typing import Iterator
+from typing import Callable, Iterator
 
 _UNSAFE = re.compile(r":/?/?")
 
@@ -95,6 +95,28 @@ class Gauge:
         Replace the value.
         """
         self.value = value
+
+
+class SumGauge(Gauge):
+    """
+    A gauge whose value is computed when it is read: the sum of its
+    sources (callables returning ints).  For levels that change with every
+    write, such as bytes waiting in socket buffers, counted only when
+    somebody looks instead of on the data path.
+    """
+
+    __slots__ = ("sources",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sources: list[Callable[[], int]] = []
+
+    @property  # type: ignore[override]
+    def value(self) -> int:
+        """
+        The sum of the sources now.
+        """
+        return sum(source() for source in self.sources)
 
 
 class Histogram:
@@ -195,6 +217,12 @@ class Scope:
         """
         return self.store.gauge(joinName(self.prefix, name))
 
+    def sumGauge(self, name: str, source: Callable[[], int]) -> SumGauge:
+        """
+        See L{Store.sumGauge}, for C{<prefix>.<name>}.
+        """
+        return self.store.sumGauge(joinName(self.prefix, name), source)
+
     def histogram(self, name: str) -> Histogram:
         """
         The histogram C{<prefix>.<name>}, created empty if new.
@@ -242,6 +270,20 @@ class Store:
         The histogram called C{name}, created empty if new.
         """
         return self._get(name, Histogram)  # type: ignore[return-value]
+
+    def sumGauge(self, name: str, source: Callable[[], int]) -> SumGauge:
+        """
+        Add C{source} to the L{SumGauge} called C{name}; a plain gauge of
+        that name (nobody sets a gauge that is computed) becomes one.
+        """
+        name = sanitizeName(name)
+        stat = self._stats.get(name)
+        if not isinstance(stat, SumGauge):
+            if stat is not None and not isinstance(stat, Gauge):
+                raise TypeError(f"stat {name!r} is a {stat.kind}, not a gauge")
+            stat = self._stats[name] = SumGauge(name)
+        stat.sources.append(source)
+        return stat
 
     def scope(self, prefix: str) -> Scope:
         """

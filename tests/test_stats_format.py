@@ -384,3 +384,36 @@ class HistogramTests(TestCase):
             self.assertEqual((many.count, many.sum, many.bucketCounts, many.quantiles()),
                              (one.count, one.sum, one.bucketCounts, one.quantiles()))
         self.assertEqual(many.count, 26)
+
+
+class SumGaugeTests(TestCase):
+    """
+    L{pyenvoy.stats.Store.sumGauge}: gauges computed when read.
+    """
+
+    def test_sumOfSourcesWhenRead(self) -> None:
+        """
+        The value is the sum of every source at the moment it is read; a
+        plain gauge of the same name is replaced; all formats show it.
+        """
+        store = Store()
+        store.gauge("tcp.p.buffered")
+        levels = [3, 4]
+        store.scope("tcp.p").sumGauge("buffered", lambda: levels[0])
+        gauge = store.sumGauge("tcp.p.buffered", lambda: levels[1])
+        self.assertIs(store.get("tcp.p.buffered"), gauge)
+        self.assertEqual(gauge.value, 7)
+        levels[:] = [10, 0]
+        self.assertEqual(gauge.value, 10)
+        self.assertIn("tcp.p.buffered: 10", renderText(store))
+        self.assertIn({"name": "tcp.p.buffered", "value": 10},
+                      json.loads(renderJson(store))["stats"])
+        self.assertIn('envoy_tcp_buffered{envoy_tcp_prefix="p"} 10', renderPrometheus(store))
+
+    def test_notACounter(self) -> None:
+        """
+        A counter of that name is a programming error, not silently replaced.
+        """
+        store = Store()
+        store.counter("c")
+        self.assertRaises(TypeError, store.sumGauge, "c", lambda: 1)

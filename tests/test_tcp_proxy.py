@@ -213,9 +213,13 @@ class FlowControlTests(TestCase):
         buffered = connection.writeBufferSize()
         # At most one limit's worth plus one read chunk waits for the client.
         self.assertLessEqual(buffered, limit + 65536)
+        self.assertGreater(buffered, 0)
+        # Envoy's gauge says the same, read at the same moment.
+        self.assertEqual(stat(server, "tcp.test.downstream_cx_tx_bytes_buffered"), buffered)
         self.assertLess(client.count, total)
         client.transport.resumeProducing()
         await client.closed
+        self.assertEqual(stat(server, "tcp.test.downstream_cx_tx_bytes_buffered"), 0)
         self.assertEqual(client.count, total)
         self.assertEqual(client.hasher.hexdigest(), hashlib.sha256(payload).hexdigest())
         self.assertGreater(
@@ -247,9 +251,12 @@ class FlowControlTests(TestCase):
         await waitFor(lambda: stat(
             server, "tcp.test.downstream_flow_control_paused_reading_total") > 0)
         self.assertLess(stat(server, "tcp.test.downstream_cx_rx_bytes_total"), 16 * MiB)
+        # What waits for the upstream shows in the cluster's gauge.
+        self.assertGreater(stat(server, "cluster.backend.upstream_cx_tx_bytes_buffered"), 0)
         for sink in sinks:
             sink.transport.resumeProducing()
         await waitFor(lambda: stat(server, "tcp.test.downstream_cx_rx_bytes_total") == 16 * MiB)
+        await waitFor(lambda: stat(server, "cluster.backend.upstream_cx_tx_bytes_buffered") == 0)
         self.assertGreater(
             stat(server, "tcp.test.downstream_flow_control_resumed_reading_total"), 0)
         client.transport.loseConnection()

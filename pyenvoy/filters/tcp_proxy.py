@@ -17,6 +17,7 @@ from pyenvoy.access_log import parseAccessLogs
 from pyenvoy.config.bootstrap import ParseContext
 from pyenvoy.config.reader import Section
 from pyenvoy.interfaces import CloseType, FilterStatus, IReadFilter
+from pyenvoy.network.direct_write import queuedBytes
 from pyenvoy.stream_info import ResponseFlag
 from pyenvoy.upstream.cluster_manager import ConnectStatus, UpstreamConnection
 
@@ -41,8 +42,7 @@ _COUNTERS = (
 #: How many times per idle_timeout the idle timer looks for activity.
 IDLE_CHECKS = 8
 
-_GAUGES = ("downstream_cx_rx_bytes_buffered", "downstream_cx_tx_bytes_buffered",
-           "upstream_flush_active")
+_GAUGES = ("upstream_flush_active",)
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,23 @@ class _Shared:
             setattr(self, name, scope.counter(name))
         for name in _GAUGES:
             setattr(self, name, scope.gauge(name))
+        #: The connections whose client is still there, for the buffered gauges.
+        self.open: set[TcpProxyFilter] = set()
+        # Envoy's buffered gauges, read when somebody looks: the client's
+        # bytes held before the upstream connected, and the bytes waiting
+        # in the clients' socket write buffers.
+        scope.sumGauge("downstream_cx_rx_bytes_buffered", self._rxBuffered)
+        scope.sumGauge("downstream_cx_tx_bytes_buffered", self._txBuffered)
         self.loggers = [a.createLogger(context.reactor) for a in config.accessLogs]
         self._rng = random.Random()
         self._totalWeight = sum(w for _, w in config.weightedClusters)
+
+    def _rxBuffered(self) -> int:
+        return sum(len(data) for proxy in self.open for data, _ in proxy._early)
+
+    def _txBuffered(self) -> int:
+        return sum(queuedBytes(getattr(proxy.connection, "transport", None))
+                   for proxy in self.open)
 
     def pickCluster(self) -> str:
         """
@@ -183,6 +197,7 @@ class TcpProxyFilter:
         connection.readDisable(True)
         connection.addConnectionCallback(self._downstreamEvent)
         self.shared.downstream_cx_total.value += 1
+        self.shared.open.add(self)
 
     def onNewConnection(self) -> FilterStatus:
         """
@@ -318,6 +333,7 @@ class TcpProxyFilter:
 
     def _downstreamEvent(self, event: str) -> None:
         self.downstreamClosed = True
+        self.shared.open.discard(self)
         self._cancelTimers()
         upstream = self.upstream
         if upstream is not None and not upstream.closed:

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pyenvoy.interfaces import CloseType, IFilterConnection
-from pyenvoy.network.direct_write import directHalfCloser, directWriter
+from pyenvoy.network.direct_write import directHalfCloser, directWriter, queuedBytes
 from pyenvoy.network.filter_manager import FilterManager
 from pyenvoy.stream_info import StreamInfo
 
@@ -531,8 +531,7 @@ class Connection(Protocol):
         """
         Bytes waiting in the transport's write buffer (for stats).
         """
-        transport = self.transport
-        return len(getattr(transport, "dataBuffer", b"")) + getattr(transport, "_tempDataLen", 0)
+        return queuedBytes(self.transport)
 
     # -- IPushProducer: another transport may pause our reading -------------
 

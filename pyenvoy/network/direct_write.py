@@ -82,3 +82,13 @@ def directHalfCloser(transport: Any) -> Callable[[], None]:
         transport._closeWriteConnection()
 
     return halfClose
+
+
+def queuedBytes(transport: Any) -> int:
+    """
+    How many bytes C{transport} holds that the kernel has not taken yet
+    (Twisted's write buffer; 0 for a transport that has none).
+    """
+    if not isinstance(transport, tcp.Connection) or not transport.connected:
+        return 0
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen

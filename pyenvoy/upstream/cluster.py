@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pyenvoy.config.bootstrap import ClusterConfig
+from pyenvoy.network.direct_write import queuedBytes
 from pyenvoy.stats import Store
 from pyenvoy.upstream.host import Host
 from pyenvoy.upstream.load_balancer import makeLoadBalancer
@@ -34,7 +35,7 @@ _COUNTERS = (
 )
 _GAUGES = (
     "upstream_cx_active", "upstream_rq_active", "upstream_cx_rx_bytes_buffered",
-    "upstream_cx_tx_bytes_buffered", "membership_total", "membership_healthy",
+    "membership_total", "membership_healthy",
     "membership_degraded", "membership_excluded", "max_host_weight", "version",
 )
 
@@ -97,6 +98,11 @@ class Cluster:
         self.activeConnections = 0
         #: Open L{pyenvoy.upstream.cluster_manager.UpstreamConnection}s.
         self.connections: set[Any] = set()
+        # Bytes waiting in the upstream sockets' write buffers, summed when
+        # read.  (Nothing read from an upstream is ever held, so
+        # upstream_cx_rx_bytes_buffered stays 0.)
+        store.sumGauge(f"cluster.{config.statName}.upstream_cx_tx_bytes_buffered",
+                       self._txBuffered)
         self.hosts: list[Host] = []
         scope = store.scope(f"cluster.{config.statName}")
         self.lb = makeLoadBalancer(config.lbPolicy, [], config.leastRequestChoiceCount,
@@ -123,6 +129,10 @@ class Cluster:
             self.setHosts([Host((e.address.address, e.address.port), e.weight, e.hostname,
                                 e.healthCheckPort, e.disableActiveHealthCheck)
                            for e in config.endpoints])
+
+    def _txBuffered(self) -> int:
+        return sum(queuedBytes(upstream.protocol.transport) for upstream in self.connections
+                   if upstream.protocol is not None)
 
     # -- membership ----------------------------------------------------------
 
