@@ -582,7 +582,7 @@ class PostgresProxyFilter:
             self._rescan()
         return _CONTINUE
 
-    def _decodeBackend(self, data: bytes, endStream: bool = False) -> FilterStatus:
+    def _decodeBackend(self, data: bytes, endStream: bool) -> FilterStatus:
         """
         Decode what the server sent with the L{Decoder} (the end of the
         server's stream changes nothing here).

@@ -218,9 +218,7 @@ class UpstreamClient:
         self.out.append(data)
         self.pending.extend(repeat(callbacks, count))
         self._extraCommands += count - 1
-        if not self._queued:
-            self._queued = True
-            self._batch.touched.append(self)
+        self.touch()
 
     def sendCombined(self, data: bytes, callbacks: Any, commands: int) -> None:
         """
@@ -228,15 +226,9 @@ class UpstreamClient:
         (one shard's part of an MSET, where Envoy sends a SET per key): one
         reply, counted in C{upstream_rq_total} as C{commands} requests.
         """
-        if self.closed:
-            callbacks.onFailure(UPSTREAM_FAILURE)
-            return
-        self.out.append(data)
-        self.pending.append(callbacks)
-        self._extraCommands += commands - 1
-        if not self._queued:
-            self._queued = True
-            self._batch.touched.append(self)
+        if not self.closed:
+            self._extraCommands += commands - 1
+        self.send(data, callbacks)
 
     def sendUntracked(self, data: bytes) -> None:
         """
@@ -246,9 +238,7 @@ class UpstreamClient:
         if self.closed:
             return
         self.out.append(data)
-        if not self._queued:
-            self._queued = True
-            self._batch.touched.append(self)
+        self.touch()
 
     def flushQueued(self) -> None:
         """
