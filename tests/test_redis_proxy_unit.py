@@ -18,7 +18,7 @@ from pyenvoy.config import parse
 from pyenvoy.filters.redis_proxy import proxy_filter as pf
 from pyenvoy.filters.redis_proxy.conn_pool import Batch, ConnPool, encodeCommand
 from pyenvoy.filters.redis_proxy.resp import (
-    HiredisDecoder, ProtocolError, PyDecoder, ReplyFramer, encode)
+    ONE_PASS_MAX, HiredisDecoder, ProtocolError, PyDecoder, ReplyFramer, encode)
 from pyenvoy.stats import Store
 from pyenvoy.upstream import hashing
 from pyenvoy.upstream.cluster_manager import ClusterManager
@@ -417,6 +417,69 @@ class FramerTests(SynchronousTestCase):
         self.assertRaises(ProtocolError, ReplyFramer().feed, b"$x\r\n")
         self.assertRaises(ProtocolError, ReplyFramer().feed, b"$1\r\nab\r\n")
         self.assertRaises(ProtocolError, ReplyFramer(maxInlineLength=8).feed, b"+" + b"a" * 20)
+
+
+class ScanFramerTests(FramerTests):
+    """
+    The same, with every read scanned (no one-pass split).
+    """
+
+    def setUp(self) -> None:
+        self.patch(ReplyFramer, "onePass", False)
+
+
+class OnePassFramerTests(SynchronousTestCase):
+    """
+    The one-pass split of small scalar replies agrees with the scan.
+    """
+
+    def test_lengthsAroundTheLimit(self) -> None:
+        """
+        Bulk strings of every length up to just past L{ONE_PASS_MAX}, whose
+        content holds CRLFs and RESP-looking bytes, are framed as written.
+        """
+        replies = [b"$%d\r\n%s\r\n" % (n, (b"$1\r\n\r\n" * (n // 6 + 1))[:n])
+                   for n in range(ONE_PASS_MAX + 3)]
+        stream = b"".join(replies)
+        self.assertEqual(ReplyFramer().feed(stream), replies)
+
+    def test_prefixThenScan(self) -> None:
+        """
+        A read whose small replies come first and then an array, a large
+        bulk string and a cut one: the first part is split in one pass,
+        the rest scanned, the cut value completed by the next read.
+        """
+        big = b"$2000\r\n" + b"y" * 2000 + b"\r\n"
+        head = [b"$3\r\nfoo\r\n", b":7\r\n", b"-ERR no\r\n"]
+        tail = [b"*2\r\n$1\r\na\r\n:1\r\n", big, b"$3\r\nbar\r\n"]
+        stream = b"".join(head + tail + [b"$5\r\nab"])
+        framer = ReplyFramer()
+        self.assertEqual(framer.feed(stream), head + tail)
+        self.assertEqual(framer.feed(b"cde\r\n+OK\r\n"), [b"$5\r\nabcde\r\n", b"+OK\r\n"])
+
+    def test_offUnderSmallLimits(self) -> None:
+        """
+        Limits below L{ONE_PASS_MAX} are enforced: those framers scan.
+        """
+        self.assertRaises(ProtocolError, ReplyFramer(maxBulkLength=10).feed, b"$11\r\n" + b"z" * 11 + b"\r\n")
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.one_of(
+        st.binary(max_size=30), st.binary(min_size=ONE_PASS_MAX - 2, max_size=ONE_PASS_MAX + 2),
+        st.integers(-2**63, 2**63 - 1), st.none(), st.lists(st.binary(max_size=5), max_size=3)),
+        min_size=1, max_size=8), st.integers(0, 10_000))
+    def test_agreesWithScan(self, values: list[Any], seed: int) -> None:
+        """
+        Any valid stream cut anywhere: one pass and scan give the same pieces.
+        """
+        stream = b"".join(encode(v) for v in values)
+        cut = seed % (len(stream) + 1)
+        onePass = ReplyFramer()
+        got = onePass.feed(stream[:cut]) + onePass.feed(stream[cut:])
+        self.patch(ReplyFramer, "onePass", False)
+        scan = ReplyFramer()
+        self.assertEqual(got, scan.feed(stream[:cut]) + scan.feed(stream[cut:]))
+        self.assertEqual(got, [encode(v) for v in values])
 
 
 _RESP = st.recursive(

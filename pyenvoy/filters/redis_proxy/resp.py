@@ -31,6 +31,7 @@ the connection has to be closed.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Protocol
 
 #: Redis's own default C{proto-max-bulk-len}.
@@ -524,14 +525,56 @@ def error(message: str | bytes) -> bytes:
     return b"-" + message + b"\r\n"
 
 
+#: Longest bulk string and simple line that L{ReplyFramer} frames in one
+#: regular-expression pass; longer ones go through its scan.
+ONE_PASS_MAX = 1023
+
+
+def _bulkTail(digits: str, limit: int) -> bytes:
+    """
+    Regular-expression alternatives for the rest of a bulk string header
+    whose length starts with C{digits}: the remaining digits, CRLF, then
+    exactly that many bytes, for every length up to C{limit}.  Spelling
+    the lengths out as a digit trie is what lets one pattern check that a
+    bulk string's content has its declared size.
+    """
+    parts = [b"\r\n(?s:.{%d})" % int(digits)] if digits else []
+    if digits != "0":  # no leading zeros
+        for digit in "0123456789":
+            longer = digits + digit
+            if int(longer) <= limit:
+                parts.append(digit.encode() + _bulkTail(longer, limit))
+    return parts[0] if len(parts) == 1 else b"(?:" + b"|".join(parts) + b")"
+
+
+_onePass: Any = None
+
+
+def _onePassPatterns() -> tuple[Any, Any]:
+    """
+    (one scalar reply, a run of them): a bulk string of up to
+    L{ONE_PASS_MAX} bytes, a null bulk string, or a simple string, error
+    or integer line.  Compiled on first use (about 40 ms).
+    """
+    global _onePass
+    if _onePass is None:
+        one = (b"\$(?:-1|" + _bulkTail("", ONE_PASS_MAX) + b")\r\n"
+               b"|[+\-:][^\r\n]{0,%d}\r\n" % ONE_PASS_MAX)
+        _onePass = re.compile(one), re.compile(b"(?:" + one + b")*")
+    return _onePass
+
+
 class ReplyFramer:
     """
     Split a RESP byte stream into whole values, each as its raw bytes.
 
     The proxy passes most upstream replies through untouched, so it needs
     where each reply ends, not what it holds: this keeps the reply's exact
-    wire type (a C{+OK} stays a simple string, a C{*-1} a null array)
-    and costs one C{find} per value header.  A value split over reads is
+    wire type (a C{+OK} stays a simple string, a C{*-1} a null array).
+    A read that starts on a reply boundary has its leading run of small
+    scalar replies (the usual answers to GET, SET, INCR, ...) split by one
+    regular-expression pass in C; the rest is scanned here, one C{find}
+    per value header.  A value split over reads is
     resumed where the scan stopped, and a large bulk string is not joined
     until all of it has arrived, so big replies cost linear time.
 
@@ -557,16 +600,38 @@ class ReplyFramer:
         # how many values (the value itself and array elements) are left.
         self._pos = 0
         self._remaining = 0
+        self._onePass = (self.onePass and maxBulkLength >= ONE_PASS_MAX
+                         and maxInlineLength >= ONE_PASS_MAX)
+        if self._onePass:
+            self._one, self._run = _onePassPatterns()
+
+    #: Whether reads may be split by the one-pass pattern at all; the
+    #: tests turn it off to check that both ways frame the same.
+    onePass = True
 
     def feed(self, data: bytes) -> list[bytes]:
         """
         Add C{data}; return the raw bytes of every value it completed.
         """
-        if not self._chunks:
-            # Fast path: a read of nothing but +OK replies (SET, MSET's SETs).
+        if not self._chunks and self._onePass:
+            # A read of nothing but +OK replies (SET, MSET's SETs).
             count = len(data) // 5
             if count and len(data) == 5 * count and data.count(b"+OK\r\n") == count:
                 return [b"+OK\r\n"] * count
+            replies = self._one.findall(data)
+            # Matches never overlap and come in order, so if their lengths
+            # add up to the read's, they tile it.
+            if sum(map(len, replies)) == len(data):
+                return replies
+            end = self._run.match(data).end()
+            if end:
+                return self._one.findall(data, 0, end) + self._scan(data[end:])
+        return self._scan(data)
+
+    def _scan(self, data: bytes) -> list[bytes]:
+        """
+        L{feed} by scanning the headers.
+        """
         chunks = self._chunks
         chunks.append(data)
         self._length += len(data)
