@@ -27,6 +27,18 @@ HASH_CACHE_SIZE = 1 << 17
 OP_TIMEOUT_CHECKS = 4
 
 
+def _failCell(cell: list[Any], errorReply: bytes, now: float) -> None:
+    """
+    A reply cell's command failed (see L{UpstreamClient}).
+    """
+    cell[0] = errorReply
+    cell[2].countFailure(now - cell[3])
+    owner = cell[1]
+    if not owner.dirty:
+        owner.dirty = True
+        owner.batch.dirty.append(owner)
+
+
 def encodeCommand(args: list[bytes]) -> bytes:
     """
     A command as a RESP array of bulk strings.
@@ -134,6 +146,14 @@ class UpstreamClient:
     each reply goes to the callbacks queued with its command
     (C{onReply(raw)} / C{onFailure(errorReply)}).
 
+    The callbacks may instead be a I{reply cell}, the list C{[reply,
+    owner, stats, start]} that redis_proxy's plain path makes per command
+    (a list costs a quarter of an object with an C{__init__}): the reply
+    (or error) is stored in it, counted on C{stats} (C{countReplies(n,
+    elapsed)} for a run of replies with one start and stats,
+    C{countFailure(elapsed)}), and C{owner} (with C{dirty} and C{batch})
+    is queued to write its replies at the end of the batch.
+
     Replies are framed, not decoded (L{ReplyFramer}), so they go back to
     clients byte for byte.
     """
@@ -189,7 +209,10 @@ class UpstreamClient:
         callback ends (L{Batch.end}), together with the others queued.
         """
         if self.closed:
-            callbacks.onFailure(UPSTREAM_FAILURE)
+            if callbacks.__class__ is list:
+                _failCell(callbacks, UPSTREAM_FAILURE, self._batch.now)
+            else:
+                callbacks.onFailure(UPSTREAM_FAILURE)
             return
         self.out.append(data)
         self.pending.append(callbacks)
@@ -338,8 +361,33 @@ class UpstreamClient:
         pending = self.pending
         if len(replies) <= len(pending):
             popleft = pending.popleft
+            dirty = batch.dirty
+            now = batch.now
+            # Reply cells are counted in runs: those of one command sent in
+            # one read share their stats and latency.
+            runStats: Any = None
+            runStart = 0.0
+            runCount = 0
             for raw in replies:
-                popleft().onReply(raw)
+                entry = popleft()
+                if entry.__class__ is list:
+                    entry[0] = raw
+                    owner = entry[1]
+                    if not owner.dirty:
+                        owner.dirty = True
+                        dirty.append(owner)
+                    if entry[2] is runStats and entry[3] == runStart:
+                        runCount += 1
+                    else:
+                        if runCount:
+                            runStats.countReplies(runCount, now - runStart)
+                        runStats = entry[2]
+                        runStart = entry[3]
+                        runCount = 1
+                else:
+                    entry.onReply(raw)
+            if runCount:
+                runStats.countReplies(runCount, now - runStart)
             self._responses += len(replies)
             if self.closeWhenIdle and not pending and not self.closed:
                 self.close()
@@ -347,7 +395,16 @@ class UpstreamClient:
             return
         for raw in replies:
             if pending:
-                pending.popleft().onReply(raw)
+                entry = pending.popleft()
+                if entry.__class__ is list:
+                    entry[0] = raw
+                    entry[2].countReplies(1, batch.now - entry[3])
+                    owner = entry[1]
+                    if not owner.dirty:
+                        owner.dirty = True
+                        batch.dirty.append(owner)
+                else:
+                    entry.onReply(raw)
             elif self._onPush is not None:
                 self._onPush(raw)
             else:
@@ -392,8 +449,12 @@ class UpstreamClient:
             self._conn.close(flush=False)
             if self._onClose is not None:
                 self._onClose(self)
+        now = self._batch.now
         for callbacks in pending:
-            callbacks.onFailure(errorReply)
+            if callbacks.__class__ is list:
+                _failCell(callbacks, errorReply, now)
+            else:
+                callbacks.onFailure(errorReply)
 
     def close(self) -> None:
         """

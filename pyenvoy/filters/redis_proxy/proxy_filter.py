@@ -9,9 +9,10 @@ that one upstream read completes go to each client in one write
 (L{pyenvoy.filters.redis_proxy.conn_pool.Batch}).
 
 The common case (a catch-all route only, single-key commands) runs inline
-in L{RedisProxyFilter.onData} with one small slot per command and its
-stats counted per run of replies (L{RedisProxyFilter.endRun}); everything
-else goes through L{RedisProxyFilter._handle}.
+in L{RedisProxyFilter.onData} with a reply cell (a short list, see
+L{pyenvoy.filters.redis_proxy.conn_pool.UpstreamClient}) per command whose
+stats the upstream counts per run of replies; everything else goes through
+L{RedisProxyFilter._handle}.
 """
 
 from __future__ import annotations
@@ -47,11 +48,13 @@ EMPTY_ARRAY = b"*0\r\n"
 
 _ONLY_BYTES = {bytes}
 
-#: The plain path's mark for a key whose connection is not remembered.
-_UNKNOWN: Any = object()
-
-_FORMAT2 = b"*2\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
-_FORMAT3 = b"*3\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
+#: The plain path encodes commands from these pieces (one C{join}, half
+#: the cost of a C{%} format); an argument of 1 KiB or more takes the
+#: general path.
+_BULK_HEADERS = tuple(b"$%d\r\n" % n for n in range(1024))
+_ARRAY2 = b"*2\r\n"
+_ARRAY3 = b"*3\r\n"
+_CRLF = b"\r\n"
 
 #: A client with this many replies outstanding is not read until half are sent.
 MAX_PENDING_PER_CLIENT = 4096
@@ -70,12 +73,32 @@ class _CommandStats:
     C{redis.<prefix>.command.<cmd>.*}.
     """
 
-    __slots__ = ("total", "success", "error", "error_fault", "delay_fault", "latency")
+    __slots__ = ("total", "success", "error", "error_fault", "delay_fault", "latency", "scale")
 
-    def __init__(self, scope: Any) -> None:
+    def __init__(self, scope: Any, scale: float) -> None:
         for name in ("total", "success", "error", "error_fault", "delay_fault"):
             setattr(self, name, scope.counter(name))
         self.latency = scope.histogram("latency")
+        #: Seconds to the latency histogram's unit (ms, or µs with
+        #: C{latency_in_micros}).
+        self.scale = scale
+
+    def countReplies(self, count: int, elapsed: float) -> None:
+        """
+        C{count} successful replies that took C{elapsed} seconds each.
+        """
+        self.success.value += count
+        if count == 1:
+            self.latency.record(elapsed * self.scale)
+        else:
+            self.latency.recordMany(elapsed * self.scale, count)
+
+    def countFailure(self, elapsed: float) -> None:
+        """
+        A command that failed after C{elapsed} seconds.
+        """
+        self.error.value += 1
+        self.latency.record(elapsed * self.scale)
 
 
 class _Command:
@@ -142,11 +165,17 @@ class _Shared:
         self.unsupported_command = splitter.counter("unsupported_command")
         commandScope = scope.scope("command")
         self.table: dict[bytes, _Command] = {}
+        #: Name as spelled (lower and upper case, then as seen) -> stats,
+        #: for the single-key commands the plain path handles inline.
+        self.simpleStats: dict[bytes, _CommandStats] = {}
+        self.latencyScale = 1_000_000.0 if config.latencyInMicros else 1000.0
         for name in sorted(C.KNOWN):
             kind = _KINDS[name]
-            stats = _CommandStats(commandScope.scope(name)) if name in C.WITH_STATS else None
+            stats = (_CommandStats(commandScope.scope(name), self.latencyScale)
+                     if name in C.WITH_STATS else None)
             self.table[name.encode()] = _Command(name, kind, stats)
-        self.latencyScale = 1_000_000.0 if config.latencyInMicros else 1000.0
+            if kind == _SIMPLE and stats is not None:
+                self.simpleStats[name.encode()] = self.simpleStats[name.upper().encode()] = stats
         pools: dict[str, ConnPool] = {}
         routes = list(config.routes) + ([config.catchAll] if config.catchAll else [])
         for route in routes:
@@ -202,6 +231,8 @@ class _Shared:
             entry = self.table.get(raw.lower())
             if entry is not None and len(self.table) < 4096:
                 self.table[raw] = entry
+                if entry.kind == _SIMPLE and entry.stats is not None:
+                    self.simpleStats[raw] = entry.stats
         return entry
 
     def route(self, key: bytes) -> _RuntimeRoute | None:
@@ -302,52 +333,6 @@ class _Slot:
         self.delay = 0.0
         self.complete(raw, ok)
         owner.batch.end()
-
-
-class _PlainSlot:
-    """
-    A slot on the plain path (catch-all route only, database 0, no
-    redirection, fault, hook or delay can apply): the four fields a reply
-    needs, in C{__slots__}, as one is made per command.
-    """
-
-    __slots__ = ("owner", "stats", "start", "reply")
-
-    quit = False
-
-    def __init__(self, owner: "RedisProxyFilter", stats: _CommandStats, start: float) -> None:
-        self.owner = owner
-        self.stats = stats
-        self.start = start
-        self.reply: bytes | None = None
-
-    def onReply(self, raw: bytes) -> None:
-        self.reply = raw
-        owner = self.owner
-        # Counted in runs: replies of one command, sent in one read and
-        # answered in one read, share their latency (see endRun).
-        elapsed = owner.batch.now - self.start
-        if self.stats is owner.runStats and elapsed == owner.runElapsed:
-            owner.runCount += 1
-        else:
-            if owner.runCount:
-                owner.endRun()
-            owner.runStats = self.stats
-            owner.runElapsed = elapsed
-            owner.runCount = 1
-        if not owner.dirty:
-            owner.dirty = True
-            owner.batch.dirty.append(owner)
-
-    def onFailure(self, raw: bytes) -> None:
-        self.reply = raw
-        stats = self.stats
-        stats.error.value += 1
-        owner = self.owner
-        stats.latency.record((owner.batch.now - self.start) * owner.latencyScale)
-        if not owner.dirty:
-            owner.dirty = True
-            owner.batch.dirty.append(owner)
 
 
 class _Part:
@@ -600,10 +585,6 @@ class RedisProxyFilter:
         #: Whether this client's state lets its commands take the plain
         #: path (L{_plainKeyClients}).
         self._plain = False
-        #: A run of plain replies not counted yet (L{endRun}).
-        self.runStats: _CommandStats | None = None
-        self.runElapsed = 0.0
-        self.runCount = 0
         self.db = 0
         self.authenticated = not shared.config.authPasswords
         self.transaction = _Transaction()
@@ -673,76 +654,72 @@ class RedisProxyFilter:
                 else:
                     keyClients = self._plainKeyClients()
                 clientForKey = plain.pool.clientForKey if plain is not None else None
+                simpleStats = shared.simpleStats
+                headers = _BULK_HEADERS
+                join = b"".join
                 touched = None
-                for request in requests:
-                    if self._quitting:
-                        shared.downstream_rq_active.value -= 1
-                        continue
+                it = iter(requests)
+                for request in it:
                     if keyClients is not None:
                         # The plain path inline: a single-key command on the
                         # catch-all route (MSET and MGET go straight to their
                         # split).  Anything odd (not an array of bulk
-                        # strings, another kind of command) takes the
-                        # general path.
-                        client = entry = None
+                        # strings, another kind of command, a long argument)
+                        # takes the general path, which answers it.
+                        entry = None
                         try:
-                            entry = table.get(request[0])
-                            if entry is not None and entry.kind == _SIMPLE:
-                                client = keyClients.get(request[1])
-                                if client is None or client.closed:
-                                    client = _UNKNOWN
-                        except (TypeError, IndexError):
-                            pass
-                        if client is None and entry is not None and (
-                                entry.kind == _MSET or entry.kind == _MGET):
-                            self._plainMulti(request, entry)
-                            # (Its new keys may have rebuilt the table.)
-                            keyClients = plain.pool.validKeyClients()  # type: ignore[union-attr]
-                            continue
-                        if client is not None:
-                            # Re-encoded first: a TypeError for an argument
-                            # that is not a bulk string sends the command the
-                            # general way, which answers "invalid request".
-                            try:
-                                if len(request) == 3:
-                                    a, b, c = request
-                                    encoded = _FORMAT3 % (len(a), a, len(b), b, len(c), c)
-                                elif len(request) == 2:
-                                    a, b = request
-                                    encoded = _FORMAT2 % (len(a), a, len(b), b)
+                            name = request[0]
+                            stats = simpleStats.get(name)
+                            if stats is not None:
+                                key = request[1]
+                                if len(request) == 2:
+                                    encoded = join((_ARRAY2, headers[len(name)], name, _CRLF,
+                                                    headers[len(key)], key, _CRLF))
+                                elif len(request) == 3:
+                                    value = request[2]
+                                    encoded = join((_ARRAY3, headers[len(name)], name, _CRLF,
+                                                    headers[len(key)], key, _CRLF,
+                                                    headers[len(value)], value, _CRLF))
                                 else:
                                     encoded = encodeCommand(request)
-                            except TypeError:
-                                handle(request)
-                                continue
-                            if client is _UNKNOWN:
+                                client = keyClients.get(key)
+                            else:
+                                entry = table.get(name)
+                        except (TypeError, IndexError):
+                            stats = None
+                        if stats is not None:
+                            if client is None or client.closed:
                                 # A key not seen lately: hash it (and
                                 # remember it); no host is the general
                                 # path's error.  Landing on a host that
                                 # turned unhealthy rebuilds the table, which
                                 # makes the cache stale: look again.
-                                client = clientForKey(request[1])  # type: ignore[misc]
+                                client = clientForKey(key)  # type: ignore[misc]
                                 keyClients = self._plainKeyClients()
                                 if client is None:
                                     handle(request)
                                     keyClients = self._plainKeyClients()
                                     continue
-                            stats = entry.stats
-                            stats.total.value += 1  # type: ignore[union-attr]
-                            slot = _PlainSlot(self, stats, now)  # type: ignore[arg-type]
-                            queue.append(slot)  # type: ignore[arg-type]
+                            stats.total.value += 1
+                            cell = [None, self, stats, now]
+                            queue.append(cell)  # type: ignore[arg-type]
                             client.out.append(encoded)
-                            client.pending.append(slot)
+                            client.pending.append(cell)
                             if client is not touched:
                                 client.touch()
                                 touched = client
                             continue
-                        handle(request)
-                        keyClients = self._plainKeyClients()
-                    else:
-                        handle(request)
-                        if not self._quitting:
-                            keyClients = self._plainKeyClients()
+                        if entry is not None and (entry.kind == _MSET or entry.kind == _MGET):
+                            self._plainMulti(request, entry)
+                            # (Its new keys may have rebuilt the table.)
+                            keyClients = plain.pool.validKeyClients()  # type: ignore[union-attr]
+                            continue
+                    handle(request)
+                    if self._quitting:
+                        # QUIT: what follows it is dropped.
+                        shared.downstream_rq_active.value -= sum(1 for _ in it)
+                        break
+                    keyClients = self._plainKeyClients()
                 batch.end()
                 if len(self._queue) > MAX_PENDING_PER_CLIENT and not self._readPaused:
                     self._readPaused = True
@@ -786,12 +763,12 @@ class RedisProxyFilter:
         Write every reply at the head of the queue that is known.
         """
         self.dirty = False
-        if self.runCount:
-            self.endRun()
         queue = self._queue
         if self._closed or not queue:
             return
-        reply = queue[0].reply
+        # A slot is a _Slot or a plain path's reply cell (a list).
+        slot = queue[0]
+        reply = slot[0] if slot.__class__ is list else slot.reply
         if reply is None:
             return
         popleft = queue.popleft
@@ -799,30 +776,31 @@ class RedisProxyFilter:
         if self._quitting:
             # A QUIT may be among them: stop after its reply.
             out = []
-            while queue and queue[0].reply is not None:
-                slot = popleft()
-                out.append(slot.reply)
-                if slot.quit:
+            while queue:
+                slot = queue[0]
+                reply = slot[0] if slot.__class__ is list else slot.reply
+                if reply is None:
+                    break
+                popleft()
+                out.append(reply)
+                if slot.__class__ is not list and slot.quit:
                     quit = True
                     break
             data = b"".join(out)
             count = len(out)
         else:
             popleft()
-            if not queue or queue[0].reply is None:
-                data = reply  # type: ignore[assignment]
-                count = 1
-            else:
-                out = [reply]
-                append = out.append
-                while queue:
-                    reply = queue[0].reply
-                    if reply is None:
-                        break
-                    popleft()
-                    append(reply)
-                data = b"".join(out)
-                count = len(out)
+            out = [reply]
+            append = out.append
+            while queue:
+                slot = queue[0]
+                reply = slot[0] if slot.__class__ is list else slot.reply
+                if reply is None:
+                    break
+                popleft()
+                append(reply)
+            count = len(out)
+            data = out[0] if count == 1 else b"".join(out)
         shared = self.shared
         shared.downstream_rq_active.value -= count
         shared.downstream_cx_tx_bytes_total.value += len(data)
@@ -836,24 +814,6 @@ class RedisProxyFilter:
             self.connection.readDisable(False)
         if not queue and shared.draining:
             self.closeIfIdle()
-
-    def endRun(self) -> None:
-        """
-        Count the run of plain replies noted since the last one: each a
-        success with the same latency, recorded in one step.  A run ends
-        when a reply of another command or latency comes, and when the
-        replies are written (at the latest at the end of the reactor
-        iteration that read them).
-        """
-        stats = self.runStats
-        count = self.runCount
-        self.runStats = None
-        self.runCount = 0
-        stats.success.value += count  # type: ignore[union-attr]
-        if count == 1:
-            stats.latency.record(self.runElapsed * self.latencyScale)  # type: ignore[union-attr]
-        else:
-            stats.latency.recordMany(self.runElapsed * self.latencyScale, count)  # type: ignore[union-attr]
 
     def closeIfIdle(self) -> None:
         """
@@ -1150,9 +1110,9 @@ class RedisProxyFilter:
             self._simple(request, entry, 1)
             return
         data = encodeCommand(request)
-        slot = _PlainSlot(self, entry.stats, self.batch.now)  # type: ignore[arg-type]
-        self._queue.append(slot)  # type: ignore[arg-type]
-        client.send(data, slot)
+        cell = [None, self, entry.stats, self.batch.now]
+        self._queue.append(cell)  # type: ignore[arg-type]
+        client.send(data, cell)
 
     def _simple(self, request: list[bytes], entry: _Command, keyIndex: int) -> _Slot | None:
         route, key = self._routeKey(request, keyIndex)
