@@ -95,6 +95,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     """
     from pyenvoy.server import Server, installSignalDrain
 
+    runningTwistd = reactor is None
     if reactor is None:
         try:
             from pyenvoy.reactor import installIfNoneChosen
@@ -115,4 +116,8 @@ def makeService(options: Options, reactor: Any = None) -> Any:
     server = Server(options.bootstrap, reactor, drainTime=options["drain-time-s"],
                     commandLineOptions=commandLine)
     installSignalDrain(server, reactor)
+    if runningTwistd:
+        from pyenvoy.gc_tuning import tuneForServing
+
+        tuneForServing()
     return server
