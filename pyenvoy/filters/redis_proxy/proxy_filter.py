@@ -56,6 +56,7 @@ _ARRAY2 = b"*2\r\n"
 _ARRAY3 = b"*3\r\n"
 _CRLF = b"\r\n"
 
+
 #: A client with this many replies outstanding is not read until half are sent.
 MAX_PENDING_PER_CLIENT = 4096
 
@@ -1151,13 +1152,12 @@ class RedisProxyFilter:
             pool = plain.pool
             keyClients = pool.validKeyClients() or {}
             # MSET's key/value pairs are sent in one MSET per shard (below),
-            # MGET's keys as a GET each.
-            template = b"" if step == 2 else b"*%d\r\n$%d\r\n%b\r\n" % (
-                step + 1, len(command), command.replace(b"%", b"%%"))
+            # MGET's keys as a GET each.  Each shard's pieces are joined once.
+            prefix = b"*2\r\n$%d\r\n%b\r\n" % (len(command), command)
             groups: dict[UpstreamClient, tuple[list[bytes], list[int]]] = {}
             keys = request[1::step]
             values = request[2::step] if step == 2 else keys
-            template += b"$%d\r\n%b\r\n" if step == 1 else b"$%d\r\n%b\r\n$%d\r\n%b\r\n"
+            headers = _BULK_HEADERS
             for i in range(count):
                 key = keys[i]
                 client = keyClients.get(key)
@@ -1168,26 +1168,28 @@ class RedisProxyFilter:
                     if client is None:
                         slot.child(i, NO_UPSTREAM_HOST)
                         continue
-                if step == 1:
-                    data = template % (len(key), key)
-                else:
-                    value = values[i]
-                    data = template % (len(key), key, len(value), value)
                 group = groups.get(client)
                 if group is None:
-                    groups[client] = ([data], [i])
-                else:
-                    group[0].append(data)
-                    group[1].append(i)
+                    group = groups[client] = ([], [])
+                pieces = group[0]
+                if step == 1:
+                    pieces.append(prefix)
+                size = len(key)
+                pieces += (headers[size] if size < 1024 else b"$%d\r\n" % size, key, _CRLF)
+                if step == 2:
+                    value = values[i]
+                    size = len(value)
+                    pieces += (headers[size] if size < 1024 else b"$%d\r\n" % size, value, _CRLF)
+                group[1].append(i)
             if step == 2:
                 # MSET: each shard's keys as one MSET, with the replies and
                 # request counts that a SET per key (Envoy's way) would give.
-                for client, (datas, indices) in groups.items():
-                    datas[0] = b"*%d\r\n$4\r\nMSET\r\n%b" % (2 * len(indices) + 1, datas[0])
-                    client.sendCombined(b"".join(datas), _ShardAll(slot, indices), len(indices))
+                for client, (pieces, indices) in groups.items():
+                    pieces.insert(0, b"*%d\r\n$4\r\nMSET\r\n" % (2 * len(indices) + 1))
+                    client.sendCombined(b"".join(pieces), _ShardAll(slot, indices), len(indices))
                 return slot
-            for client, (datas, indices) in groups.items():
-                client.sendMany(b"".join(datas), _ShardParts(slot, indices), len(indices))
+            for client, (pieces, indices) in groups.items():
+                client.sendMany(b"".join(pieces), _ShardParts(slot, indices), len(indices))
             return slot
         for i in range(count):
             index = 1 + i * step
