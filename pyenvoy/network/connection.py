@@ -162,7 +162,7 @@ class Connection(Protocol):
                 self.close(CloseType.NO_FLUSH, "no_filters")
                 return
             self.filterManager = manager = FilterManager(
-                self, filters, self._output, self._isOpen)
+                self, filters, self._output)
             manager.initialize()
             self._deliver = self._countingRead(manager.singleReader() or manager.onRead)
             if self._tlsLayer is None:
@@ -450,9 +450,6 @@ class Connection(Protocol):
         self.listener.connectionClosed(self)
 
     # -- IFilterConnection --------------------------------------------------
-
-    def _isOpen(self) -> bool:
-        return self.open
 
     def _output(self, data: bytes, endStream: bool = False) -> None:
         if not self.open:

@@ -96,19 +96,17 @@ class FilterManager:
     """
     The filter chain of one connection.
 
-    @ivar connection: the L{IFilterConnection} the filters run on.
+    @ivar connection: the L{IFilterConnection} the filters run on; its
+        C{open} attribute says whether it is still open (iteration stops
+        as soon as it is not).
     @ivar output: called as C{output(data, endStream)} with what the write
         filters let through, to go to the transport.
-    @ivar isOpen: a callable that says whether the connection is still open;
-        iteration stops as soon as it is not.
     """
 
     def __init__(self, connection: Any, filters: list[Any],
-                 output: Callable[[bytes, bool], None],
-                 isOpen: Callable[[], bool]) -> None:
+                 output: Callable[[bytes, bool], None]) -> None:
         self.connection = connection
         self.output = output
-        self.isOpen = isOpen
         self._reads: list[_ReadEntry] = []
         self._writes: list[_WriteEntry] = []
         for f in filters:
@@ -179,10 +177,10 @@ class FilterManager:
             readers = self._readers = tuple((entry, entry.filter.onData) for entry in reads)
         if not data and not endStream:
             return
-        isOpen = self.isOpen
+        connection = self.connection
         last = self._last
         for entry, onData in readers:
-            if not isOpen():
+            if not connection.open:
                 return
             entry.injected = False
             if onData(data, endStream) is STOP and entry.index < last:
@@ -215,7 +213,7 @@ class FilterManager:
         reads = self._reads
         last = self._last
         while index <= last:
-            if not self.isOpen():
+            if not self.connection.open:
                 return
             entry = reads[index]
             if not entry.initialized:
