@@ -180,7 +180,8 @@ class UpstreamClient:
         self.pending: deque[Any] = deque()
         #: Commands queued beyond one per C{out} piece (L{sendMany}).
         self._extraCommands = 0
-        self._queued = False
+        #: Whether it waits in the batch to be written (L{touch}).
+        self.queued = False
         self._framer = ReplyFramer()
         self._connected = False
         self._responses = 0
@@ -216,8 +217,8 @@ class UpstreamClient:
             return
         self.out.append(data)
         self.pending.append(callbacks)
-        if not self._queued:
-            self._queued = True
+        if not self.queued:
+            self.queued = True
             self._batch.touched.append(self)
 
     def touch(self) -> None:
@@ -225,8 +226,8 @@ class UpstreamClient:
         Commands were appended to L{out} and L{pending} directly: write
         them at the end of the batch.
         """
-        if not self._queued:
-            self._queued = True
+        if not self.queued:
+            self.queued = True
             self._batch.touched.append(self)
 
     def sendMany(self, data: bytes, callbacks: Any, count: int) -> None:
@@ -268,7 +269,7 @@ class UpstreamClient:
         End of a batch: write now, or wait for more if the filter batches
         (C{max_buffer_size_before_flush}).
         """
-        self._queued = False
+        self.queued = False
         limit = self.pool.maxBufferBeforeFlush
         if limit and sum(map(len, self.out)) < limit:
             if self._flushTimer is None:

@@ -658,7 +658,6 @@ class RedisProxyFilter:
                 simpleStats = shared.simpleStats
                 headers = _BULK_HEADERS
                 join = b"".join
-                touched = None
                 it = iter(requests)
                 for request in it:
                     if keyClients is not None:
@@ -706,9 +705,8 @@ class RedisProxyFilter:
                             queue.append(cell)  # type: ignore[arg-type]
                             client.out.append(encoded)
                             client.pending.append(cell)
-                            if client is not touched:
+                            if not client.queued:
                                 client.touch()
-                                touched = client
                             continue
                         if entry is not None and (entry.kind == _MSET or entry.kind == _MGET):
                             self._plainMulti(request, entry)
@@ -794,11 +792,11 @@ class RedisProxyFilter:
             out = [reply]
             append = out.append
             while queue:
-                slot = queue[0]
+                slot = popleft()
                 reply = slot[0] if slot.__class__ is list else slot.reply
                 if reply is None:
+                    queue.appendleft(slot)
                     break
-                popleft()
                 append(reply)
             count = len(out)
             data = out[0] if count == 1 else b"".join(out)
