@@ -27,12 +27,17 @@ HASH_CACHE_SIZE = 1 << 17
 OP_TIMEOUT_CHECKS = 4
 
 
-def _failCell(cell: list[Any], errorReply: bytes, now: float) -> None:
+def _fillCell(cell: list[Any], raw: bytes, now: float, ok: bool) -> None:
     """
-    A reply cell's command failed (see L{UpstreamClient}).
+    A reply cell's reply (C{ok}) or error, counted on its own (see
+    L{UpstreamClient}; L{UpstreamClient.upstreamData} counts runs of
+    replies inline instead).
     """
-    cell[0] = errorReply
-    cell[2].countFailure(now - cell[3])
+    cell[0] = raw
+    if ok:
+        cell[2].countReplies(1, now - cell[3])
+    else:
+        cell[2].countFailure(now - cell[3])
     owner = cell[1]
     if not owner.dirty:
         owner.dirty = True
@@ -211,7 +216,7 @@ class UpstreamClient:
         """
         if self.closed:
             if callbacks.__class__ is list:
-                _failCell(callbacks, UPSTREAM_FAILURE, self._batch.now)
+                _fillCell(callbacks, UPSTREAM_FAILURE, self._batch.now, False)
             else:
                 callbacks.onFailure(UPSTREAM_FAILURE)
             return
@@ -398,12 +403,7 @@ class UpstreamClient:
             if pending:
                 entry = pending.popleft()
                 if entry.__class__ is list:
-                    entry[0] = raw
-                    entry[2].countReplies(1, batch.now - entry[3])
-                    owner = entry[1]
-                    if not owner.dirty:
-                        owner.dirty = True
-                        batch.dirty.append(owner)
+                    _fillCell(entry, raw, batch.now, True)
                 else:
                     entry.onReply(raw)
             elif self._onPush is not None:
@@ -453,7 +453,7 @@ class UpstreamClient:
         now = self._batch.now
         for callbacks in pending:
             if callbacks.__class__ is list:
-                _failCell(callbacks, errorReply, now)
+                _fillCell(callbacks, errorReply, now, False)
             else:
                 callbacks.onFailure(errorReply)
 
