@@ -559,8 +559,13 @@ def _onePassPatterns() -> tuple[Any, Any]:
     global _onePass
     if _onePass is None:
         one = (b"\$(?:-1|" + _bulkTail("", ONE_PASS_MAX) + b")\r\n"
-               b"|[+\-:][^\r\n]{0,%d}\r\n" % ONE_PASS_MAX)
-        _onePass = re.compile(one), re.compile(b"(?:" + one + b")*")
+               b"|[+\-:][^\r\n]{0,%d}+\r\n" % ONE_PASS_MAX)
+        # A reply starts at the read's start or after a line's end: where
+        # it cannot, findall's search moves on after one look back, so a
+        # read of anything else costs linear time, not a match attempt of
+        # up to a line's length at every byte.
+        _onePass = (re.compile(b"(?<![^\n])(?:" + one + b")"),
+                    re.compile(b"(?:" + one + b")*"))
     return _onePass
 
 
