@@ -281,6 +281,43 @@ class TlsTerminationTests(TestCase):
                                            clientContext(self.pki))
         self.assertEqual(data, b"bye")
 
+    async def test_handshakeWhileUpstreamConnects(self) -> None:
+        """
+        The handshake completes while tcp_proxy's upstream connect is still
+        pending (reading is disabled for the filters, not for the handshake,
+        as Envoy drives its handshake); the client's first bytes wait and
+        reach the upstream once it has connected.
+        """
+        upstream = socket.socket()
+        self.addCleanup(upstream.close)
+        upstream.bind(("127.0.0.1", 0))
+        upstream.listen(0)
+        # One unaccepted connection fills the accept queue: connects to it
+        # now wait (their SYNs are dropped and retried).
+        filler = socket.create_connection(upstream.getsockname())
+        self.addCleanup(filler.close)
+        raw = tcpProxyConfig([upstream.getsockname()[1]], cluster={"connect_timeout": "20s"})
+        raw["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls", "typed_config": tlsContext(self.pki)}
+        server = startServer(self, raw)
+        root = sanitizeName(server.context.listeners[0].listener.statRoot + ".ssl")
+        client = threads.deferToThread(exchange, listenerPort(server), clientContext(self.pki))
+        await self.waitFor(server, f"{root}.handshake")
+        self.assertEqual(stat(server, "cluster.backend.upstream_cx_connect_fail"), 0)
+
+        def acceptAndEcho() -> None:
+            upstream.accept()[0].close()  # the filler's end: the queue has room again
+            upstream.settimeout(15)
+            conn, _ = upstream.accept()
+            with conn:
+                data = b""
+                while len(data) < 5:
+                    data += conn.recv(5 - len(data))
+                conn.sendall(data)
+
+        await threads.deferToThread(acceptAndEcho)
+        self.assertEqual(await client, b"hello")
+
     async def test_oldTlsRefused(self) -> None:
         """
         A TLS 1.1 client is refused under the default minimum (TLS 1.2),

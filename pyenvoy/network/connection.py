@@ -91,6 +91,13 @@ class Connection(Protocol):
         #: Plaintext reads go here once the filter chain exists.
         self._deliver: Callable[[bytes], None] | None = None
         self._tlsWaiters: list[Callable[[], None]] = []
+        #: Plaintext (and whether the peer's close_notify came after it)
+        #: that a TLS handshake under way yielded while the filters had
+        #: reading disabled: the socket is read until the handshake is done
+        #: whatever the filters ask (as Envoy drives its handshake), and
+        #: this is delivered when they enable reading again.
+        self._heldPlain: list[bytes] = []
+        self._heldEnd = False
         #: The chain's L{pyenvoy.network.tls.ServerTls} while a starttls
         #: transport socket has not been switched to TLS yet.
         self._startTlsServer: Any = None
@@ -212,6 +219,12 @@ class Connection(Protocol):
             self._rawSend(out)
         if done:
             self._tlsEstablished()
+        if self._readDisableCount > 0 and self.open:
+            if plaintext:
+                self._heldPlain.append(plaintext)
+            if layer.peerClosed:
+                self._heldEnd = True
+            return
         if plaintext and self.open and self._deliver is not None:
             self._deliver(plaintext)
         if layer.peerClosed and self.open:
@@ -323,8 +336,8 @@ class Connection(Protocol):
                 log.failure("recording the TLS handshake of connection {id} failed",
                             Failure(), id=self.id)
         waiters, self._tlsWaiters = self._tlsWaiters, []
-        if waiters and self._readDisableCount > 0 and self.open:
-            # The handshake is done: reading stops again as the filters asked.
+        if self._readDisableCount > 0 and self.open:
+            # The handshake is done: reading stops as the filters asked.
             self.transport.pauseProducing()
         for waiter in waiters:
             if not self.open:
@@ -339,10 +352,10 @@ class Connection(Protocol):
         Call C{callback()} once this connection's TLS handshake is done and
         C{streamInfo.tls} holds the peer's facts (at once if it already is),
         for filters that decide on the client certificate.  A failed
-        handshake never calls it: the connection just closes.  Until then
-        the socket is read even if a filter disabled reading (tcp_proxy
-        does until its upstream connects), so that the handshake can finish;
-        the application bytes it yields are held by the waiting filter.
+        handshake never calls it: the connection just closes.  The socket
+        is read until the handshake is done even if a filter disabled
+        reading (tcp_proxy does until its upstream connects); application
+        bytes that come meanwhile wait until reading is enabled again.
 
         @return: C{False} (and no call ever) when the connection is plaintext.
         """
@@ -352,8 +365,6 @@ class Connection(Protocol):
             callback()
         else:
             self._tlsWaiters.append(callback)
-            if self._readDisableCount > 0 and self.open:
-                self.transport.resumeProducing()
         return True
 
     def _endWrite(self) -> None:
@@ -495,12 +506,33 @@ class Connection(Protocol):
         """
         if disable:
             self._readDisableCount += 1
-            if self._readDisableCount == 1 and self.open and not self._tlsWaiters:
+            if self._readDisableCount == 1 and self.open and not self._handshaking():
                 self.transport.pauseProducing()
         elif self._readDisableCount > 0:
             self._readDisableCount -= 1
             if self._readDisableCount == 0 and self.open:
                 self.transport.resumeProducing()
+                if self._heldPlain or self._heldEnd:
+                    self._deliverHeld()
+
+    def _handshaking(self) -> bool:
+        """
+        Whether a TLS handshake is under way on this connection.
+        """
+        layer = self._tlsLayer
+        return layer is not None and not layer.established
+
+    def _deliverHeld(self) -> None:
+        """
+        Reading was enabled again: the plaintext (and end of stream) that
+        the handshake yielded while it was disabled goes to the filters.
+        """
+        held, self._heldPlain = self._heldPlain, []
+        end, self._heldEnd = self._heldEnd, False
+        if held and self._deliver is not None:
+            self._deliver(b"".join(held))
+        if end and self.open:
+            self.readConnectionLost()
 
     def addConnectionCallback(self, callback: Callable[[str], None]) -> None:
         """
