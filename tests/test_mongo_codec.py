@@ -129,6 +129,21 @@ class FramingTests(SynchronousTestCase):
             got += d.feed(stream[i:i + 1])
         self.assertEqual(len(got), 10)
 
+    def test_inPlaceSameAsBuffered(self) -> None:
+        """
+        A read of whole messages (decoded in place) and the same bytes fed
+        one at a time (through the buffer) give equal messages, every field
+        and document included.
+        """
+        stream = b"".join(_samples())
+        whole = Decoder().feed(stream)
+        d = Decoder()
+        pieces = []
+        for i in range(len(stream)):
+            pieces += d.feed(stream[i:i + 1])
+        self.assertEqual(whole, pieces)
+        self.assertEqual(Decoder().feed(bytearray(stream)), whole)
+
     def test_oversize(self) -> None:
         """
         A declared length over 48 MiB fails at once, without waiting for it.

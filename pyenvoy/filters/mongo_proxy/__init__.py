@@ -80,6 +80,32 @@ class _Shared:
         self.accessLog: Any = None
         if config.accessLog:
             self.accessLog = open(config.accessLog, "ab", buffering=0)
+        #: Stats looked up by name once: counters by their name under the
+        #: scope, the three reply histograms by their scope.
+        self._counters: dict[str, Any] = {}
+        self._replyHistograms: dict[str, tuple[Any, Any, Any]] = {}
+
+    def counter(self, name: str) -> Any:
+        """
+        The counter C{<scope>.<name>} (a per-command or per-collection one),
+        found once.
+        """
+        found = self._counters.get(name)
+        if found is None:
+            found = self._counters[name] = self.scope.counter(name)
+        return found
+
+    def replyHistograms(self, scope: str) -> tuple[Any, Any, Any]:
+        """
+        C{<scope>.reply_num_docs}, C{reply_size} and C{reply_time_ms}.
+        """
+        found = self._replyHistograms.get(scope)
+        if found is None:
+            histogram = self.scope.histogram
+            found = self._replyHistograms[scope] = (
+                histogram(f"{scope}.reply_num_docs"), histogram(f"{scope}.reply_size"),
+                histogram(f"{scope}.reply_time_ms"))
+        return found
 
     def inc(self, name: str) -> None:
         """
@@ -301,9 +327,9 @@ class MongoProxyFilter:
         if callsite:
             scopes.append(f"collection.{collection}.callsite.{callsite}.query")
         for scope in scopes:
-            shared.scope.counter(f"{scope}.total").value += 1
+            shared.counter(f"{scope}.total").value += 1
             if kind is not None:
-                shared.scope.counter(f"{scope}.{kind}").value += 1
+                shared.counter(f"{scope}.{kind}").value += 1
         if not hasMaxTime:
             shared.inc("op_query_no_max_time")
         if kind is not None:
@@ -324,7 +350,7 @@ class MongoProxyFilter:
         self._metadata(m.fullCollectionName, "query")
         if m.command is not None:
             cmd = shared.commandStat(m.command)
-            shared.scope.counter(f"cmd.{cmd}.total").value += 1
+            shared.counter(f"cmd.{cmd}.total").value += 1
             scopes = [f"cmd.{cmd}"]
         else:
             body = m.body
@@ -343,10 +369,10 @@ class MongoProxyFilter:
             shared.inc("op_msg_more_to_come")
         command = m.command or ""
         cmd = shared.commandStat(command)
-        shared.scope.counter(f"cmd.{cmd}.total").value += 1
+        shared.counter(f"cmd.{cmd}.total").value += 1
         scopes = [f"cmd.{cmd}"]
         if command == "find" and m.collection:
-            body = m.body
+            body = m.top if m.top is not None else m.body
             try:
                 query = body.get("filter") or {}
                 hasMaxTime = "maxTimeMS" in body
@@ -386,10 +412,11 @@ class MongoProxyFilter:
         elif op == codec.OP_MSG:
             shared.inc("op_msg_reply")
             body = m.body
+            top = m.top if m.top is not None else body
             try:
-                ok = body.get("ok")
-                code = body.get("code")
-                writeErrors = body.get("writeErrors")
+                ok = top.get("ok")
+                code = top.get("code")
+                writeErrors = top.get("writeErrors")
             except Exception:
                 ok, code, writeErrors = 1, None, None
             if m.cursorId:
@@ -423,11 +450,12 @@ class MongoProxyFilter:
             self.active[m.requestId] = active
         else:
             shared.active.dec()
-        elapsed = max(0.0, self.reactor.seconds() - active.start) * 1000.0
+        elapsed = int(max(0.0, self.reactor.seconds() - active.start) * 1000.0)
         for scope in active.scopes:
-            shared.scope.histogram(f"{scope}.reply_num_docs").record(numDocs)
-            shared.scope.histogram(f"{scope}.reply_size").record(size)
-            shared.scope.histogram(f"{scope}.reply_time_ms").record(int(elapsed))
+            numDocsHistogram, sizeHistogram, timeHistogram = shared.replyHistograms(scope)
+            numDocsHistogram.record(numDocs)
+            sizeHistogram.record(size)
+            timeHistogram.record(elapsed)
 
     # -- metadata, access log, delay -------------------------------------------
 

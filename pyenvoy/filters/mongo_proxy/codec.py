@@ -78,7 +78,8 @@ class Message:
         (kind 1, identifier → documents), C{checksum}, and what was read
         from the body: C{command} (first key), C{database} (C{$db}),
         C{collection} (the command's string argument), C{cursorId},
-        C{batchSize} (documents in C{cursor.firstBatch}/C{nextBatch})
+        C{batchSize} (documents in C{cursor.firstBatch}/C{nextBatch}), and
+        C{top}, the body's top level as a read-only mapping (L{topLevel})
       - C{OP_QUERY}: C{flags}, C{fullCollectionName}, C{numberToSkip},
         C{numberToReturn}, C{body} (the query), C{fields}
       - C{OP_REPLY}: C{flags}, C{cursorId}, C{startingFrom},
@@ -107,6 +108,7 @@ class Message:
     database: str | None = None
     collection: str | None = None
     body: Any = None
+    top: Any = None
     fields: Any = None
     metadata: Any = None
     documents: list[Any] = field(default_factory=list)
@@ -242,18 +244,25 @@ class _Reader:
         return self.pos >= self.end
 
 
-def _firstKey(doc: RawBSONDocument) -> str | None:
-    for key in doc:
-        return key
-    return None
+def topLevel(doc: RawBSONDocument) -> Any:
+    """
+    C{doc}'s top level, decoded once, as a read-only mapping whose lookups
+    run in C (nested documents stay raw).  A L{RawBSONDocument}'s own
+    C{get} goes through Python's C{Mapping.get} and C{__getitem__} each
+    time.
+    """
+    return doc.items().mapping
 
 
-def _summariseCommand(message: Message, body: RawBSONDocument) -> None:
+def _summariseCommand(message: Message, document: RawBSONDocument) -> Any:
     """
     Read the command name, database, collection and cursor facts from a
     command (or command reply) body.  Top level only.
+
+    @return: the document's L{topLevel}.
     """
-    message.command = command = _firstKey(body)
+    body = topLevel(document)
+    message.command = command = next(iter(body), None)
     db = body.get("$db")
     if isinstance(db, str):
         message.database = db
@@ -269,6 +278,7 @@ def _summariseCommand(message: Message, body: RawBSONDocument) -> None:
                 message.cursorId = arg
     cursor = body.get("cursor")
     if isinstance(cursor, RawBSONDocument):
+        cursor = topLevel(cursor)
         cid = cursor.get("id")
         if isinstance(cid, int):
             message.cursorId = cid
@@ -277,6 +287,7 @@ def _summariseCommand(message: Message, body: RawBSONDocument) -> None:
             if isinstance(batch, list):
                 message.batchSize = len(batch)
                 break
+    return body
 
 
 class Decoder:
@@ -309,8 +320,25 @@ class Decoder:
         @raise DecodeError: the stream is not MongoDB or a message is too big.
         """
         buf = self._buffer
-        buf += data
         messages = []
+        if not buf:
+            # The usual read: whole messages from its start, decoded in place.
+            if type(data) is not bytes:
+                data = bytes(data)
+            pos, size = 0, len(data)
+            while size - pos >= 4:
+                length = _I32.unpack_from(data, pos)[0]
+                if length < 16 or length > self.maxMessageSize:
+                    raise DecodeError(f"bad message length {length}")
+                if size - pos < length:
+                    break
+                messages.append(self.decodeFrame(
+                    data if length == size else data[pos:pos + length]))
+                pos += length
+            if pos < size:
+                buf += data[pos:] if pos else data
+            return messages
+        buf += data
         while len(buf) >= 4:
             length = _I32.unpack_from(buf, 0)[0]
             if length < 16 or length > self.maxMessageSize:
@@ -370,7 +398,7 @@ class Decoder:
             if flags & MSG_CHECKSUM_PRESENT:
                 r.pos = end
                 m.checksum = r.uint32()
-            _summariseCommand(m, m.body)
+            m.top = _summariseCommand(m, m.body)
         elif opCode == OP_QUERY:
             m.flags = r.int32()
             m.fullCollectionName = r.cstring()
