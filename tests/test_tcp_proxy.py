@@ -10,7 +10,7 @@ import os
 import socket
 from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Protocol
@@ -421,6 +421,59 @@ class UpstreamFailureTests(TestCase):
         client.transport.loseWriteConnection()
         await client.closed
         self.assertEqual(client.data(), b"dns")
+
+
+class CloseWithoutFlushTests(TestCase):
+    """
+    A close that does not flush (Envoy's NoFlush: idle timeout, refused
+    upstream) ends the client's stream in order (a FIN), as Envoy's does,
+    not with a reset.
+    """
+
+    timeout = 30
+
+    def readUntilEnd(self, port: int, send: bytes = b"") -> bytes | Exception:
+        """
+        Blocking: connect, send C{send}, read until the end of the stream;
+        the bytes, or the error that ended it.
+        """
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            if send:
+                s.sendall(send)
+            data = b""
+            try:
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        return data
+                    data += chunk
+            except OSError as e:
+                return e
+
+    async def test_idleTimeoutEndsCleanly(self) -> None:
+        """
+        An idle client (its bytes all read and echoed) is closed by
+        idle_timeout: it reads its echo and then the end of the stream.
+        """
+        server = startServer(self, tcpProxyConfig([listen(self, Echo)],
+                                                  tcpProxy={"idle_timeout": "0.3s"}))
+        got = await threads.deferToThread(self.readUntilEnd, listenerPort(server), b"ping")
+        self.assertEqual(got, b"ping")
+        self.assertEqual(stat(server, "tcp.test.idle_timeout"), 1)
+
+    async def test_refusedUpstreamEndsCleanly(self) -> None:
+        """
+        A client that sent nothing sees the end of the stream when its
+        upstream is refused.
+        """
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        unused = s.getsockname()[1]
+        s.close()
+        server = startServer(self, tcpProxyConfig([unused]))
+        got = await threads.deferToThread(self.readUntilEnd, listenerPort(server))
+        self.assertEqual(got, b"")
+        self.assertEqual(stat(server, "cluster.backend.upstream_cx_connect_fail"), 1)
 
 
 class DirectUpstreamConnectTests(TestCase):

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pyenvoy.interfaces import CloseType, IFilterConnection
-from pyenvoy.network.direct_write import directHalfCloser, directWriter, queuedBytes
+from pyenvoy.network.direct_write import closeNow, directHalfCloser, directWriter, queuedBytes
 from pyenvoy.network.filter_manager import FilterManager
 from pyenvoy.stream_info import StreamInfo
 
@@ -494,7 +494,7 @@ class Connection(Protocol):
             return
         self._localClose = True
         if closeType is CloseType.NO_FLUSH:
-            self.transport.abortConnection()
+            closeNow(self.transport)
         elif self._tlsLayer is not None:
             self._tlsClose()
         else:

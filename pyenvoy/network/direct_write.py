@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.internet import tcp
+from twisted.internet import main, tcp
+from twisted.python.failure import Failure
 
 
 def directWriter(transport: Any) -> Callable[[bytes], None]:
@@ -92,3 +93,37 @@ def queuedBytes(transport: Any) -> int:
     if not isinstance(transport, tcp.Connection) or not transport.connected:
         return 0
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+def closeNow(transport: Any) -> None:
+    """
+    Close C{transport} at once, dropping what it has queued: Envoy's
+    C{NoFlush} close.  The socket is closed in order, so the peer sees the
+    end of the stream (the kernel still resets if bytes the peer sent were
+    never read), where Twisted's C{abortConnection} always resets
+    (C{SO_LINGER} 0).  The steps are C{abortConnection}'s: reading and
+    writing stop now, C{connectionLost} follows on the next loop turn, here
+    with C{ConnectionDone}.  A transport that is not plain TCP (or has
+    started TLS) is aborted.
+    """
+    if not isinstance(transport, tcp.Connection) or transport.TLS:
+        transport.abortConnection()
+        return
+    if transport.disconnected or transport._aborting:
+        return
+    transport._aborting = True
+    transport.stopReading()
+    transport.stopWriting()
+    transport.dataBuffer = b""
+    transport.offset = 0
+    transport._tempDataBuffer = []
+    transport._tempDataLen = 0
+    transport.doRead = _nothing
+    transport.doWrite = _nothing
+    transport.reactor.callLater(0, transport.connectionLost, Failure(main.CONNECTION_DONE))
+
+
+def _nothing(*args: Any, **kwargs: Any) -> None:
+    """
+    What a closing transport does on a late event: nothing.
+    """

@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from pyenvoy.config.bootstrap import ClusterConfig
-from pyenvoy.network.direct_write import directHalfCloser, directWriter
+from pyenvoy.network.direct_write import closeNow, directHalfCloser, directWriter
 from pyenvoy.stats import Store
 from pyenvoy.upstream.cluster import Cluster
 from pyenvoy.upstream.host import Host
@@ -297,7 +297,7 @@ class UpstreamConnection:
         if flush:
             transport.loseConnection()
         else:
-            transport.abortConnection()
+            closeNow(transport)
 
     def pauseReading(self) -> None:
         """
