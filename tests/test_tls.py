@@ -318,6 +318,30 @@ class TlsTerminationTests(TestCase):
         await threads.deferToThread(acceptAndEcho)
         self.assertEqual(await client, b"hello")
 
+    async def test_closeWithoutFlushSendsCloseNotify(self) -> None:
+        """
+        A close without flushing (idle_timeout) of an established TLS
+        connection with nothing queued sends close_notify first, as Envoy
+        does: the client reads its echo and a clean end, not a truncation.
+        """
+        raw = tlsConfig(listen(self, Echo), tlsContext(self.pki), {"idle_timeout": "0.3s"})
+        server = startServer(self, raw)
+
+        def pingThenReadAll() -> bytes:
+            with socket.create_connection(("127.0.0.1", listenerPort(server)), timeout=10) as s:
+                with clientContext(self.pki).wrap_socket(
+                        s, server_hostname="localhost", suppress_ragged_eofs=False) as tls:
+                    tls.sendall(b"ping")
+                    data = b""
+                    while True:
+                        chunk = tls.recv(65536)
+                        if not chunk:
+                            return data
+                        data += chunk
+
+        self.assertEqual(await threads.deferToThread(pingThenReadAll), b"ping")
+        self.assertEqual(stat(server, "tcp.test.idle_timeout"), 1)
+
     async def test_oldTlsRefused(self) -> None:
         """
         A TLS 1.1 client is refused under the default minimum (TLS 1.2),

@@ -494,6 +494,17 @@ class Connection(Protocol):
             return
         self._localClose = True
         if closeType is CloseType.NO_FLUSH:
+            layer = self._tlsLayer
+            if layer is not None and layer.established and not queuedBytes(self.transport):
+                # As Envoy's NoFlush on TLS: a close_notify, if the socket
+                # takes it now (queued ciphertext is dropped, so the alert
+                # could only follow a gap, which the peer would reject).
+                alert = layer.closeNotify()
+                if alert:
+                    try:
+                        self.transport.socket.send(alert)
+                    except OSError:
+                        pass
             closeNow(self.transport)
         elif self._tlsLayer is not None:
             self._tlsClose()
