@@ -127,13 +127,16 @@ class SayByeAndClose(Protocol):
         self.transport.loseConnection()
 
 
-def readAll(port: int, ctx: ssl.SSLContext) -> bytes:
+def readAll(port: int, ctx: ssl.SSLContext, send: bytes = b"") -> bytes:
     """
-    Blocking: handshake and read until the TLS stream ends cleanly.
+    Blocking: handshake, send C{send}, and read until the TLS stream ends
+    cleanly (an end without close_notify raises).
     """
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
         with ctx.wrap_socket(raw, server_hostname="localhost",
                              suppress_ragged_eofs=False) as tls:
+            if send:
+                tls.sendall(send)
             data = b""
             while True:
                 chunk = tls.recv(65536)
@@ -326,20 +329,9 @@ class TlsTerminationTests(TestCase):
         """
         raw = tlsConfig(listen(self, Echo), tlsContext(self.pki), {"idle_timeout": "0.3s"})
         server = startServer(self, raw)
-
-        def pingThenReadAll() -> bytes:
-            with socket.create_connection(("127.0.0.1", listenerPort(server)), timeout=10) as s:
-                with clientContext(self.pki).wrap_socket(
-                        s, server_hostname="localhost", suppress_ragged_eofs=False) as tls:
-                    tls.sendall(b"ping")
-                    data = b""
-                    while True:
-                        chunk = tls.recv(65536)
-                        if not chunk:
-                            return data
-                        data += chunk
-
-        self.assertEqual(await threads.deferToThread(pingThenReadAll), b"ping")
+        got = await threads.deferToThread(readAll, listenerPort(server), clientContext(self.pki),
+                                          b"ping")
+        self.assertEqual(got, b"ping")
         self.assertEqual(stat(server, "tcp.test.idle_timeout"), 1)
 
     async def test_oldTlsRefused(self) -> None:
