@@ -319,12 +319,11 @@ class _Slot:
     def _record(self, ok: bool) -> None:
         stats = self.stats
         if stats is not None:
+            elapsed = self.owner.batch.now - self.start
             if ok:
-                stats.success.value += 1
+                stats.countReplies(1, elapsed)
             else:
-                stats.error.value += 1
-            owner = self.owner
-            stats.latency.record((owner.batch.now - self.start) * owner.latencyScale)
+                stats.countFailure(elapsed)
 
     def _delayed(self, raw: bytes, ok: bool) -> None:
         owner = self.owner
@@ -579,7 +578,6 @@ class RedisProxyFilter:
         self.shared = shared
         self.batch = shared.batch
         self.reactor = shared.reactor
-        self.latencyScale = shared.latencyScale
         self.commandStats = shared.config.enableCommandStats
         self.connection: Any = None
         self.dirty = False
