@@ -14,6 +14,15 @@ an empty read or a failed one disconnects the selectable exactly as
 C{_doReadOrWrite} would, and an exception from the protocol is logged and
 closes that one connection.
 
+It also watches a connected TCP connection that neither reads nor
+writes (a filter disabled reading for flow control and nothing is queued):
+Twisted would take it out of epoll, so a reset by the peer went unnoticed
+until reading resumed.  Here it stays registered for errors only, as
+Envoy keeps watching a read-disabled connection for its close: a reset
+(an error on the socket) loses the connection at once; a plain hang-up
+(the peer's FIN after ours) is left for when reading resumes, so the
+bytes still unread are delivered first.
+
 What differs: legacy C{twisted.python.log.msg} calls made while handling
 an event carry no per-connection C{system} prefix (pyenvoy logs through
 C{twisted.logger}, which never used it).
@@ -26,8 +35,9 @@ C{trial --reactor=pyenvoy} select it explicitly.  Linux only (epoll).
 from __future__ import annotations
 
 import errno
+import socket
 import sys
-from select import EPOLLIN
+from select import EPOLLIN, EPOLLONESHOT
 from typing import Any
 
 from twisted.internet import epollreactor, main, tcp
@@ -52,7 +62,70 @@ class PyenvoyReactor(epollreactor.EPollReactor):
     def __init__(self) -> None:
         #: Selectable class -> whether it reads as plain C{tcp.Connection}.
         self._plainTypes: dict[type, bool] = {}
+        #: Connected TCP connections neither reading nor writing, still
+        #: registered (for errors only) by file descriptor.
+        self._parked: set[int] = set()
         super().__init__()
+
+    # -- registration ------------------------------------------------------------
+
+    def _add(self, xer: Any, primary: set[int], other: set[int], selectables: dict[int, Any],
+             event: int, antievent: int) -> None:
+        fd = xer.fileno()
+        if fd in self._parked:
+            # Still registered: watch for this event again.
+            self._poller.modify(fd, event)
+            self._parked.discard(fd)
+            primary.add(fd)
+            selectables[fd] = xer
+            return
+        super()._add(xer, primary, other, selectables, event, antievent)
+
+    def _remove(self, xer: Any, primary: set[int], other: set[int],
+                selectables: dict[int, Any], event: int, antievent: int) -> None:
+        fd = xer.fileno()
+        if fd in self._parked:
+            if not xer.connected or xer.disconnected:
+                # Closing: stop watching it.
+                self._unpark(fd)
+            return
+        if (fd in primary and fd not in other and isinstance(xer, tcp.Connection)
+                and xer.connected and not xer.disconnected):
+            # The last interest goes: keep watching for errors (epoll
+            # always reports them), once, until an interest comes back.
+            self._poller.modify(fd, EPOLLONESHOT)
+            primary.remove(fd)
+            self._parked.add(fd)
+            return
+        super()._remove(xer, primary, other, selectables, event, antievent)
+
+    def removeAll(self) -> list[Any]:
+        """
+        Remove every selectable, parked connections included.
+        """
+        parked = [self._selectables[fd] for fd in self._parked]
+        removed = super().removeAll()
+        for fd in list(self._parked):
+            self._unpark(fd)
+        return removed + parked
+
+    def _unpark(self, fd: int) -> None:
+        self._parked.discard(fd)
+        del self._selectables[fd]
+        self._poller.unregister(fd)
+
+    def _parkedEvent(self, transport: Any) -> None:
+        """
+        A parked connection's socket reported an error or a hang-up.
+        """
+        try:
+            failed = transport.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except OSError:
+            failed = 1
+        if failed:
+            self._disconnectSelectable(transport, main.CONNECTION_LOST, False)
+        # A hang-up alone: both directions are shut, but bytes may wait
+        # unread; reading, when it resumes, delivers them and the end.
 
     def doPoll(self, timeout: float | None) -> None:
         """
@@ -85,6 +158,9 @@ class PyenvoyReactor(epollreactor.EPollReactor):
                     if plain and selectable.connected and not selectable._aborting:
                         self._readPlain(selectable)
                         continue
+                elif fd in self._parked:
+                    self._parkedEvent(selectable)
+                    continue
                 readOrWrite(selectable, fd, event)
             except KeyboardInterrupt:
                 raise

@@ -47,10 +47,10 @@ class Recorder(protocol.Protocol):
         self.lost = reason
 
 
-class PyenvoyReactorTests(unittest.TestCase):
+class ReactorCase(unittest.TestCase):
     """
-    Accepted TCP connections on a L{PyenvoyReactor}: reads, end of
-    stream, resets and protocol errors.
+    A private L{PyenvoyReactor} with one accepted loopback connection:
+    C{self.client} (a blocking socket) and C{self.server} (its L{Recorder}).
     """
 
     def setUp(self) -> None:
@@ -93,6 +93,13 @@ class PyenvoyReactorTests(unittest.TestCase):
                 break
             self.reactor.doIteration(0.05)
         self.fail("condition not met in time")
+
+
+class PyenvoyReactorTests(ReactorCase):
+    """
+    Accepted TCP connections on a L{PyenvoyReactor}: reads, end of
+    stream, resets and protocol errors.
+    """
 
     def test_readDeliveredWithoutTwistedDispatch(self) -> None:
         """
@@ -167,6 +174,156 @@ class PyenvoyReactorTests(unittest.TestCase):
         other.sendall(b"after")
         self.pollUntil(lambda: self.protocols[1].received == b"after")
         self.pollUntil(lambda: self.flushLoggedErrors(ValueError))
+
+
+class ParkedConnectionTests(ReactorCase):
+    """
+    A connected TCP connection that neither reads nor writes stays
+    watched for errors, as Envoy watches a read-disabled connection.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.parkedEvents = 0
+        original = self.reactor._parkedEvent
+
+        def counting(transport: Any) -> None:
+            self.parkedEvents += 1
+            original(transport)
+
+        self.reactor._parkedEvent = counting  # type: ignore[method-assign]
+        self.transport = self.server.transport
+        self.fd = self.transport.fileno()
+
+    def poll(self, times: int) -> None:
+        for _ in range(times):
+            self.reactor.doIteration(0.01)
+
+    def test_resetWhileNotReading(self) -> None:
+        """
+        A reset while reading is paused loses the connection at once
+        (Twisted's epoll reactor notices only when reading resumes).
+        """
+        self.transport.stopReading()
+        self.assertIn(self.fd, self.reactor._parked)
+        self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+        self.client.close()
+        self.pollUntil(lambda: self.server.lost is not None)
+        self.assertTrue(self.server.lost.check(error.ConnectionLost))
+        self.assertNotIn(self.fd, self.reactor._parked)
+        self.assertNotIn(self.fd, self.reactor._selectables)
+
+    def test_bytesWaitForReading(self) -> None:
+        """
+        Parking changes nothing for bytes: they wait until reading resumes.
+        """
+        self.transport.stopReading()
+        self.client.sendall(b"later")
+        self.poll(10)
+        self.assertEqual(self.server.received, b"")
+        self.transport.startReading()
+        self.assertNotIn(self.fd, self.reactor._parked)
+        self.pollUntil(lambda: self.server.received == b"later")
+        self.assertEqual(self.parkedEvents, 0)
+
+    def test_hangUpKeepsUnreadBytes(self) -> None:
+        """
+        Both directions shut while paused (the peer's FIN after ours): the
+        connection stays up, the hang-up is reported once (not on every
+        poll), and the unread bytes and the end come when reading resumes.
+        """
+        self.transport.stopReading()
+        self.transport.loseWriteConnection()
+        self.pollUntil(lambda: self.transport._writeDisconnected)
+        self.assertEqual(self.client.recv(10), b"")
+        self.client.sendall(b"tail")
+        self.client.shutdown(socket.SHUT_WR)
+        self.pollUntil(lambda: self.parkedEvents)
+        self.poll(10)
+        self.assertEqual(self.parkedEvents, 1)
+        self.assertIsNone(self.server.lost)
+        self.assertEqual(self.server.received, b"")
+        self.transport.startReading()
+        self.pollUntil(lambda: self.server.readClosed)
+        self.assertEqual(self.server.received, b"tail")
+
+    def test_closeWhileParked(self) -> None:
+        """
+        Closing a parked connection unregisters it; its descriptor number
+        serves a new connection normally.
+        """
+        self.transport.stopReading()
+        self.transport.loseConnection()
+        self.pollUntil(lambda: self.server.lost is not None)
+        self.assertNotIn(self.fd, self.reactor._parked)
+        self.assertNotIn(self.fd, self.reactor._selectables)
+        other = socket.create_connection(("127.0.0.1", self.port.getHost().port),
+                                         timeout=MAX_SECONDS)
+        self.addCleanup(other.close)
+        self.pollUntil(lambda: len(self.protocols) == 2)
+        other.sendall(b"next")
+        self.pollUntil(lambda: self.protocols[1].received == b"next")
+
+    def test_disconnectAll(self) -> None:
+        """
+        C{disconnectAll} (reactor shutdown) closes parked connections too.
+        """
+        self.transport.stopReading()
+        self.reactor.disconnectAll()
+        self.assertIsNotNone(self.server.lost)
+        self.assertEqual(self.reactor._parked, set())
+
+
+class ResetWhilePausedThroughProxyTests(unittest.TestCase):
+    """
+    The parked connections of the installed reactor, through tcp_proxy:
+    a client that resets while the proxy has stopped reading it (its
+    upstream does not read) is noticed at once.
+    """
+
+    timeout = 60
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+
+        if not isinstance(reactor, PyenvoyReactor):
+            raise unittest.SkipTest("needs trial --reactor=pyenvoy (as make test runs it)")
+
+    async def test_clientResetWhileUpstreamStalls(self) -> None:
+        from tests.support.net import connect, listen, listenerPort, startServer, stat, tcpProxyConfig
+        from tests.test_tcp_proxy import sleep, waitFor
+
+        sinks: list[Any] = []
+
+        class Sink(protocol.Protocol):
+            lost = False
+
+            def connectionMade(self) -> None:
+                sinks.append(self)
+                self.transport.pauseProducing()
+
+            def connectionLost(self, reason: Any = None) -> None:
+                self.lost = True
+
+        server = startServer(self, tcpProxyConfig([listen(self, Sink)]))
+        client = await connect(listenerPort(server))
+        chunk = b"x" * (1 << 20)
+        for _ in range(16):
+            client.transport.write(chunk)
+        await waitFor(lambda: stat(
+            server, "tcp.test.downstream_flow_control_paused_reading_total") > 0)
+        await sleep(0.2)
+        self.assertEqual(stat(server, "tcp.test.upstream_flush_total"), 0)
+        client.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                           b"\x01\0\0\0\0\0\0\0")
+        client.transport.abortConnection()
+        # The proxy sees the client go and flushes what it holds upstream.
+        await waitFor(lambda: stat(server, "tcp.test.upstream_flush_total") == 1, timeout=5)
+        self.assertEqual(stat(server, "tcp.test.upstream_flush_active"), 1)
+        for sink in sinks:
+            sink.transport.resumeProducing()
+        await waitFor(lambda: all(sink.lost for sink in sinks))
+        self.assertEqual(stat(server, "tcp.test.upstream_flush_active"), 0)
 
 
 class ReadsPlainlyTests(unittest.TestCase):

@@ -295,6 +295,12 @@ class UpstreamConnection:
             return
         transport = self.protocol.transport  # type: ignore[union-attr]
         if flush:
+            if getattr(transport, "producer", None) is not None:
+                # Nothing more will be written: a producer paused by this
+                # connection's backlog would otherwise be resumed when it
+                # drains, instead of the connection closing (Twisted closes
+                # only once its producer is gone).
+                transport.unregisterProducer()
             transport.loseConnection()
         else:
             closeNow(transport)
