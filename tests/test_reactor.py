@@ -290,22 +290,11 @@ class ResetWhilePausedThroughProxyTests(unittest.TestCase):
             raise unittest.SkipTest("needs trial --reactor=pyenvoy (as make test runs it)")
 
     async def test_clientResetWhileUpstreamStalls(self) -> None:
-        from tests.support.net import connect, listen, listenerPort, startServer, stat, tcpProxyConfig
+        from tests.support.net import connect, listenerPort, listenStalled, startServer, stat, tcpProxyConfig
         from tests.test_tcp_proxy import sleep, waitFor
 
-        sinks: list[Any] = []
-
-        class Sink(protocol.Protocol):
-            lost = False
-
-            def connectionMade(self) -> None:
-                sinks.append(self)
-                self.transport.pauseProducing()
-
-            def connectionLost(self, reason: Any = None) -> None:
-                self.lost = True
-
-        server = startServer(self, tcpProxyConfig([listen(self, Sink)]))
+        port, sinks = listenStalled(self)
+        server = startServer(self, tcpProxyConfig([port]))
         client = await connect(listenerPort(server))
         chunk = b"x" * (1 << 20)
         for _ in range(16):

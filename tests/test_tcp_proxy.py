@@ -24,6 +24,7 @@ from tests.support.net import (
     Echo,
     connect,
     listen,
+    listenStalled,
     listenerPort,
     startServer,
     stat,
@@ -230,19 +231,7 @@ class FlowControlTests(TestCase):
         An upstream that does not read makes the proxy stop reading the
         client, counted as downstream_flow_control_paused_reading_total.
         """
-        sinks = []
-
-        class Sink(Protocol):
-            lost = False
-
-            def connectionMade(self) -> None:
-                sinks.append(self)
-                self.transport.pauseProducing()
-
-            def connectionLost(self, reason: object = None) -> None:
-                self.lost = True
-
-        port = listen(self, Sink)
+        port, sinks = listenStalled(self)
         server = startServer(self, tcpProxyConfig([port]))
         client = await connect(listenerPort(server))
         chunk = os.urandom(MiB)

@@ -87,6 +87,32 @@ def listen(case: TestCase, protocolFactory: Callable[[], Protocol]) -> int:
     return port.getHost().port
 
 
+def listenStalled(case: TestCase) -> tuple[int, list["StalledSink"]]:
+    """
+    Serve upstreams that stop reading as soon as they are connected;
+    return the port and the list their connections join.
+    """
+    sinks: list[StalledSink] = []
+    return listen(case, lambda: StalledSink(sinks)), sinks
+
+
+class StalledSink(Protocol):
+    """
+    An upstream that never reads until told to (C{transport.resumeProducing}).
+    """
+
+    def __init__(self, sinks: list["StalledSink"]) -> None:
+        self.sinks = sinks
+        self.lost = False
+
+    def connectionMade(self) -> None:
+        self.sinks.append(self)
+        self.transport.pauseProducing()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost = True
+
+
 @implementer(IHalfCloseableProtocol)
 class Echo(Protocol):
     """
