@@ -19,7 +19,7 @@ from pyenvoy.testing import FilterHarness
 from tests.support.net import listenerPort, startServer, stat
 from tests.support.postgres import DATABASE, postgresProxyConfig, startPostgres
 from tests.test_mongo_proxy import Sink
-from tests.test_postgres_codec import backend as b, frontend as f, sslRequest, startup
+from tests.test_postgres_codec import backend as b, frontend as f, sslRequest, startup, untyped
 
 
 class FilterTests(SynchronousTestCase):
@@ -82,7 +82,7 @@ class FilterTests(SynchronousTestCase):
             "transactions": 5, "transactions_commit": 4, "transactions_rollback": 1,
             "errors": 1, "errors_error": 1, "notices": 1, "notices_warning": 1,
             "statements_parsed": 9, "statements_parse_error": 1,
-            "messages": 38, "messages_frontend": 12, "messages_backend": 26,
+            "messages": 37, "messages_frontend": 11, "messages_backend": 26,
         })
         self.assertEqual(h.connection.streamInfo.dynamicMetadata[METADATA_NAMESPACE],
                          {"t.db": ["select"]})
@@ -129,7 +129,9 @@ class FilterTests(SynchronousTestCase):
         h = self.make(enableSqlParsing=False)
         h.receive(startup({"user": "u"}) + f("Q", b"SELECT 1\0"))
         self.assertEqual(h.connection.streamInfo.dynamicMetadata, {})
-        self.assertEqual(self.nonzero(), {"messages": 2, "messages_frontend": 2})
+        # The startup message is not counted (Envoy counts only encryption
+        # requests among the untyped first messages).
+        self.assertEqual(self.nonzero(), {"messages": 1, "messages_frontend": 1})
 
     def test_sslRequest(self) -> None:
         """
@@ -155,8 +157,107 @@ class FilterTests(SynchronousTestCase):
         h.receive(bad)
         self.serverSends(h, b("C", b"SELECT 1\0"))
         self.assertTrue(self.sink.received.endswith(bad))
+        # The bad Query itself is counted, as Envoy counts a typed message
+        # before it validates it; the startup message is not.
         self.assertEqual(self.nonzero(), {"messages": 1, "messages_frontend": 1,
                                           "decoding_error": 1})
+
+    def test_malformedFirstMessageNotCounted(self) -> None:
+        """
+        A first message that does not parse is not counted (Envoy's
+        onDataInit goes out of sync before counting).
+        """
+        h = self.make()
+        bad = untyped(196608, b"user\0u")  # parameters without their terminator
+        h.receive(bad)
+        self.assertEqual(self.sink.received, bad)
+        self.assertEqual(self.nonzero(), {"decoding_error": 1})
+
+    def test_protocol32(self) -> None:
+        """
+        A protocol 3.2 startup (libpq 18 with max_protocol_version=latest)
+        is a StartupMessage, and 3.2's longer BackendKeyData is fine.
+        """
+        h = self.make()
+        h.receive(untyped(0x00030002, b"user\0u\0database\0db\0\0"))
+        self.serverSends(h, b("R", b"\0\0\0\0") + b("K", b"\0\0\0\x07" + b"k" * 32)
+                         + b("Z", b"I"))
+        h.receive(f("Q", b"SELECT * FROM t\0"))
+        self.serverSends(h, b("C", b"SELECT 1\0") + b("Z", b"I"))
+        counts = self.nonzero()
+        self.assertEqual((counts.get("sessions"), counts.get("statements_select"),
+                          counts.get("decoding_error")), (1, 1, None))
+        self.assertEqual(h.connection.streamInfo.dynamicMetadata[METADATA_NAMESPACE],
+                         {"t.db": ["select"]})
+
+    def test_otherProtocolVersion(self) -> None:
+        """
+        A startup of a protocol other than 3.x counts as unknown and
+        stops inspection; its bytes still flow.
+        """
+        h = self.make()
+        first = untyped(0x00020000, b"\0" * 8)
+        h.receive(first + f("Q", b"SELECT 1\0"))
+        self.assertEqual(self.sink.received, first + f("Q", b"SELECT 1\0"))
+        self.assertEqual(self.nonzero(), {"messages": 1, "messages_unknown": 1})
+
+    def test_cancelRequest(self) -> None:
+        """
+        Envoy reads a first message as a code and NUL-terminated strings
+        before it looks at the code, so a CancelRequest counts as an
+        encrypted session only when its key's last byte is 0, and as
+        nothing otherwise.  Either way inspection stops.
+        """
+        h = self.make()
+        cancel = untyped(80877102, b"\0\0\0\x07\x12\x34\x56\x78")
+        h.receive(cancel)
+        self.assertEqual(self.sink.received, cancel)
+        self.assertEqual(self.nonzero(), {})
+        h = self.make()
+        h.receive(untyped(80877102, b"\0\0\0\x07\x12\x34\x56\0"))
+        self.assertEqual(self.nonzero(), {"sessions": 1, "sessions_encrypted": 1,
+                                          "messages": 1, "messages_frontend": 1})
+
+    def test_metadataNamespaceWithoutTables(self) -> None:
+        """
+        A statement that parses but touches no table still sets the
+        filter's (empty) metadata namespace, as Envoy's merge does.
+        """
+        h = self.make()
+        h.receive(startup({"user": "u"}) + f("Q", b"SELECT 1\0"))
+        self.assertEqual(h.connection.streamInfo.dynamicMetadata, {METADATA_NAMESPACE: {}})
+
+    def requireUpstreamSsl(self, first: bytes) -> FilterHarness:
+        h = self.make(upstreamSsl="REQUIRE")
+        self.filter.readCallbacks.startUpstreamSecureTransport = lambda: True
+        h.receive(first)
+        self.assertEqual(self.sink.received, sslRequest())
+        return h
+
+    def test_upstreamSslForAnyStartup(self) -> None:
+        """
+        upstream_ssl REQUIRE: the server is asked for TLS before any
+        startup, of any protocol version, reaches it.
+        """
+        for first in (startup({"user": "u"}), untyped(0x00030002, b"user\0u\0\0"),
+                      untyped(0x00020000, b"\0" * 8)):
+            h = self.requireUpstreamSsl(first)
+            h.connection.write(b"S")
+            self.assertEqual(self.sink.received, sslRequest() + first)
+            self.assertEqual(self.nonzero().get("sessions_upstream_ssl_success"), 1)
+
+    def test_upstreamSslAnswerIsOneByte(self) -> None:
+        """
+        upstream_ssl REQUIRE: an answer with bytes after its C{S} (plaintext
+        injected before TLS) fails the session, as in Envoy.
+        """
+        h = self.requireUpstreamSsl(startup({"user": "u"}))
+        h.connection.write(b"S\x00\x00\x00\x08")
+        self.assertTrue(h.closed)
+        self.assertEqual(self.sink.received, sslRequest())
+        counts = self.nonzero()
+        self.assertEqual((counts.get("sessions_upstream_ssl_failed"),
+                          counts.get("sessions_upstream_ssl_success")), (1, None))
 
     def test_unknownMessages(self) -> None:
         """
@@ -166,7 +267,7 @@ class FilterTests(SynchronousTestCase):
         h = self.make()
         h.receive(startup({"user": "u"}) + f("y", b"abc"))
         self.serverSends(h, b("y", b""))
-        self.assertEqual(self.nonzero(), {"messages": 5, "messages_frontend": 2,
+        self.assertEqual(self.nonzero(), {"messages": 4, "messages_frontend": 1,
                                           "messages_backend": 1, "messages_unknown": 2})
 
     def test_terminateInTransaction(self) -> None:
@@ -223,7 +324,7 @@ class FilterTests(SynchronousTestCase):
             "statements_update": 1, "statements_insert": 1, "statements_other": 1,
             "transactions": 5, "transactions_commit": 4, "transactions_rollback": 1,
             "statements_parsed": 5, "errors": 1, "errors_error": 1,
-            "messages": 28, "messages_frontend": 11, "messages_backend": 15,
+            "messages": 27, "messages_frontend": 10, "messages_backend": 15,
             "messages_unknown": 2,
         }
         metadata = {METADATA_NAMESPACE: {"a.db": ["select"], "b.db": ["delete"],
@@ -280,6 +381,14 @@ class ConfigTests(SynchronousTestCase):
         for typed in ({"downstream_ssl": "REQUIRE"}, {"downstream_ssl": "ALLOW"}):
             e = self.assertRaises(ConfigErrors, parse, config(typed))
             self.assertIn("not supported by pyenvoy yet", str(e.errors[0].message))
+
+    def test_upstreamSslAllow(self) -> None:
+        """
+        C{upstream_ssl: ALLOW} is accepted, as Envoy accepts it, and acts as
+        C{DISABLE} (Envoy acts only on C{REQUIRE}).
+        """
+        chain = parse(config({"upstream_ssl": "ALLOW"})).listeners[0].filterChains[0]
+        self.assertEqual(chain.filters[0].config.upstreamSsl, "DISABLE")
 
     def test_required(self) -> None:
         """

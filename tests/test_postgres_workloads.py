@@ -365,19 +365,26 @@ class CancelTests(_Base):
     """
 
     async def test_cancel(self) -> None:
-        """A CancelRequest cancels the query at once; counted as an encrypted session."""
-# psycopg's cancel opens a second connection through the proxy with a
-        # CancelRequest (a code above 1234 << 16: Envoy counts that
-        # connection in sessions_encrypted); the cancelled query is one
-        # ErrorResponse and no statement.
+        """
+        A CancelRequest cancels the query at once.  Its connection counts
+        as Envoy counts it: as an encrypted session only when the secret
+        key's last byte is 0 (Envoy reads the first message as NUL-ended
+        strings first), else not at all.
+        """
+        # psycopg's cancel opens a second connection through the proxy with
+        # a CancelRequest; the cancelled query is one ErrorResponse and no
+        # statement.  The query came back cancelled, so the CancelRequest
+        # went through the proxy (and was counted) before.
         server, port = await self.proxy()
         outcome, elapsed = await threads.deferToThread(_cancel, port)
         self.assertEqual(outcome, "cancelled")
         self.assertLess(elapsed, 10)
-        await self.settled(server, "sessions", 2)
+        await self.settled(server, "errors", 1)
         changed = counters(server)
+        encrypted = changed.get("sessions_encrypted")
+        self.assertIn(encrypted, (None, 1))
         self.assertEqual({k: changed.get(k) for k in (
-            "sessions", "sessions_encrypted", "sessions_unencrypted", "errors",
+            "sessions", "sessions_unencrypted", "errors",
             "errors_error", "statements", "statements_parsed")}, {
-            "sessions": 2, "sessions_encrypted": 1, "sessions_unencrypted": 1,
+            "sessions": 1 + (encrypted or 0), "sessions_unencrypted": 1,
             "errors": 1, "errors_error": 1, "statements": None, "statements_parsed": 1})

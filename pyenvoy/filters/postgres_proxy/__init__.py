@@ -49,6 +49,7 @@ _NOTICES = {"WARNING": "notices_warning", "NOTICE": "notices_notice",
 _STATEMENTS = {"SELECT": "statements_select", "INSERT": "statements_insert",
                "UPDATE": "statements_update", "DELETE": "statements_delete"}
 _ENCRYPTION_REQUESTS = ("SSLRequest", "GSSENCRequest", "CancelRequest")
+_STARTUPS = ("StartupMessage", "UnknownStartup")
 #: The typed messages the filter acts on; the decoders only count the rest.
 _FRONTEND_WANTED = frozenset("QPX")
 _BACKEND_WANTED = frozenset("CENR")
@@ -331,6 +332,8 @@ class PostgresProxyFilter:
         #: Each table's operations as last written to the dynamic metadata
         #: (the cached tuple), so that an unchanged entry is not rewritten.
         self._written: dict[str, tuple[str, ...]] = {}
+        #: The filter's namespace in the dynamic metadata, once set.
+        self._metadata: dict[str, list[str]] | None = None
         #: terminate_ssl: the client's first bytes, held until its first
         #: startup-phase message is whole (an SSLRequest is answered here
         #: and never forwarded).
@@ -472,8 +475,9 @@ class PostgresProxyFilter:
                     continue
                 decoded += self._frontendMessage(message)
                 release = True
-                if name == "StartupMessage" and self.shared.config.upstreamSsl == "REQUIRE":
-                    # Envoy buffers the startup and asks the server for TLS.
+                if name in _STARTUPS and self.shared.config.upstreamSsl == "REQUIRE":
+                    # Envoy buffers the startup (of any protocol version)
+                    # and asks the server for TLS.
                     self._countFrontend(decoded)
                     self._early = None
                     self._replay = early
@@ -510,12 +514,14 @@ class PostgresProxyFilter:
         assert replay is not None
         callbacks = self.readCallbacks
         start = getattr(callbacks, "startUpstreamSecureTransport", None)
-        if data[:1] == b"S" and start is not None and start():
+        # Exactly the one byte: bytes after it would be plaintext that
+        # came before TLS (as Envoy, anything else fails).
+        if data == b"S" and start is not None and start():
             self.shared.inc("sessions_upstream_ssl_success")
             callbacks.injectReadData(bytes(replay), False)
             return
         log.info("postgres_proxy: the server did not accept TLS (answer {answer!r}); closing",
-                 answer=data[:1])
+                 answer=data[:8])
         self.shared.inc("sessions_upstream_ssl_failed")
         self._stop()
         self.connection.close(CloseType.NO_FLUSH, "postgres_proxy_upstream_ssl_failed")
@@ -626,16 +632,28 @@ class PostgresProxyFilter:
         """
         if type(message) is MalformedMessage:
             self._malformed(message, "frontend")
-            return False
+            # Envoy counts a typed message before it validates it; a bad
+            # first message it does not count.
+            return self.started
         shared = self.shared
         name = message.name
         if message.type == "":
+            # The first message: only encryption requests count as
+            # messages (Envoy's onDataInit).
+            if name == "CancelRequest" and message.values["secretKey"] & 0xFF:
+                # Envoy reads the first message as a code and NUL-terminated
+                # strings before anything else: the process id and key of a
+                # CancelRequest only pass as such when the key's last byte
+                # is 0.  Otherwise it stops inspecting and counts nothing.
+                self._stop()
+                return False
             if name in _ENCRYPTION_REQUESTS:
                 # Envoy without terminate_ssl: passed upstream, the session
                 # counts as encrypted and is not inspected further.
                 shared.inc("sessions", "sessions_encrypted")
                 self._stop()
-            elif name == "StartupMessage":
+                return True
+            if name == "StartupMessage":
                 self.parameters = dict(message.values["parameters"])
                 if "database" not in self.parameters and "user" in self.parameters:
                     self.parameters["database"] = self.parameters["user"]
@@ -643,9 +661,10 @@ class PostgresProxyFilter:
                 self._outlines = shared.outlinesOf(self._database)
                 self.started = True
             else:
+                # A protocol other than 3.x (Envoy would read on as if 3.0).
                 shared.inc("messages", "messages_unknown")
                 self._stop()
-            return True
+            return False
         if name == "Unknown":
             shared.inc("messages", "messages_unknown")
         elif name in ("Query", "Parse"):
@@ -664,7 +683,8 @@ class PostgresProxyFilter:
         """
         if type(message) is MalformedMessage:
             self._malformed(message, "backend")
-            return False
+            # Counted before it is validated, as Envoy does.
+            return True
         shared = self.shared
         name = message.name
         if name == "CommandComplete":
@@ -705,13 +725,14 @@ class PostgresProxyFilter:
             # The same statement shape again: its entries are already set.
             return
         self._lastTables = tables
+        metadata = self._metadata
+        if metadata is None:
+            # Envoy sets the namespace after every parse, tables or not.
+            metadata = self._metadata = self.connection.streamInfo.dynamicMetadata.setdefault(
+                METADATA_NAMESPACE, {})
         written = self._written
-        metadata = None
         for table, ops in tables:
             if written.get(table) is not ops:
-                if metadata is None:
-                    metadata = self.connection.streamInfo.dynamicMetadata.setdefault(
-                        METADATA_NAMESPACE, {})
                 metadata[table] = list(ops)
                 written[table] = ops
 
@@ -800,8 +821,11 @@ class PostgresProxyFactory:
         terminate = section.boolean("terminate_ssl", False)
         downstream = section.enum("downstream_ssl", ("DISABLE",), "DISABLE",
                                   unsupported=("REQUIRE", "ALLOW"))
-        upstream = section.enum("upstream_ssl", ("DISABLE", "REQUIRE"), "DISABLE")
+        upstream = section.enum("upstream_ssl", ("DISABLE", "REQUIRE", "ALLOW"), "DISABLE")
         section.finish()
+        if upstream == "ALLOW":
+            # Envoy accepts it for this field and acts only on REQUIRE.
+            upstream = "DISABLE"
         return PostgresProxyConfig(statPrefix, enable, terminate, downstream, upstream)
 
     def createFilterFactory(self, config: PostgresProxyConfig, context: Any) -> Any:

@@ -57,7 +57,9 @@ _FRONTEND_SKIP = frozenset("dBpF")
 _BACKEND_SKIP = frozenset("dDV")
 #: Types whose length is fixed by the protocol (self-inclusive length).
 _FRONTEND_FIXED = {"S": 4, "H": 4, "X": 4, "c": 4}
-_BACKEND_FIXED = {"Z": 5, "K": 12, "2": 4, "3": 4, "c": 4, "I": 4, "n": 4, "1": 4, "s": 4}
+_BACKEND_FIXED = {"Z": 5, "2": 4, "3": 4, "c": 4, "I": 4, "n": 4, "1": 4, "s": 4}
+#: BackendKeyData's secret key: 4 bytes in protocol 3.0, up to 256 from 3.2.
+MAX_SECRET_KEY = 256
 
 #: CommandComplete commands whose tag ends with a row count.
 _ROW_COUNT_COMMANDS = frozenset(("INSERT", "UPDATE", "DELETE", "SELECT", "MERGE", "FETCH",
@@ -143,7 +145,10 @@ def _startup(body: bytes, length: int) -> Message:
     if code == CANCEL_REQUEST_CODE and length == 16:
         pid, key = struct.unpack_from("!ii", body, 4)
         return Message("CancelRequest", "", length, {"processId": pid, "secretKey": key})
-    if code == PROTOCOL_3_0:
+    if code >> 16 == PROTOCOL_3_0 >> 16:
+        # Protocol 3.x: 3.0, and 3.2 (PostgreSQL 18's libpq asks for it
+        # with max_protocol_version=latest; a server without it answers
+        # NegotiateProtocolVersion and goes on in 3.0).
         if not body.endswith(b"\0"):
             raise Malformed("startup parameters without terminator")
         items = _cstrings(body[4:-1])
@@ -202,8 +207,13 @@ def _backend(kind: str, body: bytes) -> dict[str, Any]:
         value, _ = _cstring(body, offset)
         return {"name": name, "value": value}
     if kind == "K":
-        pid, key = struct.unpack_from("!ii", body, 0)
-        return {"processId": pid, "secretKey": key}
+        if not 8 <= len(body) <= 4 + MAX_SECRET_KEY:
+            raise Malformed(f"BackendKeyData of length {len(body) + 4}")
+        if len(body) == 8:
+            pid, key = struct.unpack_from("!ii", body, 0)
+            return {"processId": pid, "secretKey": key}
+        # Protocol 3.2: a longer key, kept as bytes.
+        return {"processId": _INT32.unpack_from(body, 0)[0], "secretKey": bytes(body[4:])}
     if kind == "T":
         if len(body) < 2:
             raise Malformed("RowDescription without a count")
