@@ -184,10 +184,13 @@ class ShardingTests(TestCase):
                                b"SET q 1\r\nGET q\r\nQUIT\r\nGET q\r\n", True)
         self.assertEqual(reply, b"+OK\r\n$1\r\n1\r\n+OK\r\n")
 
-    async def test_drainClosesIdleClients(self) -> None:
+    async def test_drainClosesAfterNextReply(self) -> None:
         """
-        When the server drains, an idle client is closed at once and
-        counted in downstream_cx_drain_close.
+        When the server drains, an idle client stays open until its next
+        command is answered, then is closed and counted in
+        downstream_cx_drain_close, as Envoy does; one that sends nothing
+        is still open when the drain time ends, and stopping the server
+        (what follows the drain) cuts it.
         """
         def connect() -> socket.socket:
             s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
@@ -195,10 +198,37 @@ class ShardingTests(TestCase):
             self.assertEqual(s.recv(100), b"+PONG\r\n")
             return s
 
+        def isOpen(s: socket.socket) -> bool:
+            s.settimeout(0.3)
+            try:
+                return s.recv(100) != b""
+            except socket.timeout:
+                return True
+            except ConnectionError:
+                return False
+
+        def exchange(s: socket.socket, data: bytes) -> bytes:
+            s.settimeout(5)
+            s.sendall(data)
+            chunks = []
+            while True:
+                chunk = s.recv(100)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+
         client = await inThread(connect)
         self.addCleanup(client.close)
-        self.server.drain()
-        self.assertEqual(await inThread(client.recv, 100), b"")
+        silent = await inThread(connect)
+        self.addCleanup(silent.close)
+        drained = self.server.drain()
+        self.assertTrue(await inThread(isOpen, client))
+        self.assertEqual(await inThread(exchange, client, b"GET d\r\n"), b"$-1\r\n")
+        self.assertEqual(stat(self.server, "redis.test.downstream_cx_drain_close"), 1)
+        await drained
+        self.assertTrue(await inThread(isOpen, silent))
+        await self.server.stopService()
+        self.assertFalse(await inThread(isOpen, silent))
         self.assertEqual(stat(self.server, "redis.test.downstream_cx_drain_close"), 1)
 
     async def test_txredisapi(self) -> None:
@@ -551,27 +581,33 @@ class FailureTests(TestCase):
     async def test_movedAndAsk(self) -> None:
         """
         With enable_redirection, MOVED and ASK from a node are followed to
-        the node they name (ASK after an ASKING).
+        the node they name (ASK after an ASKING), counted in the cluster's
+        upstream_internal_redirect_succeeded_total; one naming a host name
+        (localhost) is passed back unchanged, as Envoy does without
+        dns_cache_config, and counted in upstream_internal_redirect_failed_total.
         """
         target = (await startRedisServers(self, 1))[0]
         await inThread(lambda: target.client().set("moved", "found"))
-        seen: list[bytes] = []
+        redirects = [b"MOVED 3999 127.0.0.1:%d" % target.port,
+                     b"ASK 3999 127.0.0.1:%d" % target.port,
+                     b"MOVED 3999 localhost:%d" % target.port]
 
         class Redirector(Protocol):
             def dataReceived(self, data: bytes) -> None:
-                seen.append(data)
                 for _ in range(data.count(b"*")):
-                    kind = b"MOVED" if len(seen) == 1 else b"ASK"
-                    self.transport.write(b"-%s 3999 127.0.0.1:%d\r\n" % (kind, target.port))
+                    self.transport.write(b"-%s\r\n" % redirects.pop(0))
 
         redirector = listen(self, Redirector)
         server = startServer(self, redisProxyConfig(
             [redirector], proxy={"settings": {"op_timeout": "5s",
                                               "enable_redirection": True}}))
         port = listenerPort(server)
-        first = await inThread(_rawExchange, port, b"GET moved\r\n")
-        second = await inThread(_rawExchange, port, b"GET moved\r\n")
-        self.assertEqual((first, second), (b"$5\r\nfound\r\n", b"$5\r\nfound\r\n"))
+        replies = [await inThread(_rawExchange, port, b"GET moved\r\n") for _ in range(3)]
+        self.assertEqual(replies, [b"$5\r\nfound\r\n", b"$5\r\nfound\r\n",
+                                   b"-MOVED 3999 localhost:%d\r\n" % target.port])
+        self.assertEqual(
+            [stat(server, f"cluster.redis.upstream_internal_redirect_{outcome}_total")
+             for outcome in ("succeeded", "failed")], [2, 1])
 
 
 class CommandStatsTests(TestCase):
@@ -583,7 +619,8 @@ class CommandStatsTests(TestCase):
 
     async def test_upstreamCommandStats(self) -> None:
         """
-        Shard commands are counted per command as sent upstream.
+        Shard commands are counted per command as sent upstream; a shard's
+        error reply counts as failure, as in Envoy.
         """
         shards = await startRedisServers(self, 2)
         server = startServer(self, redisProxyConfig(
@@ -597,6 +634,10 @@ class CommandStatsTests(TestCase):
         self.assertEqual(stat(server, f"{prefix}.get.total"), 3)
         self.assertEqual(stat(server, f"{prefix}.get.success"), 3)
         self.assertEqual(server.context.store.get(f"{prefix}.upstream_rq_time").count, 4)
+        reply = await inThread(_rawExchange, port, b"LPUSH a x\r\n")
+        self.assertTrue(reply.startswith(b"-WRONGTYPE"), reply)
+        self.assertEqual([stat(server, f"{prefix}.lpush.{name}")
+                          for name in ("total", "success", "failure")], [1, 0, 1])
 
 
 class RoutingTests(TestCase):

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pyenvoy.config import parse
 from pyenvoy.filters.redis_proxy import proxy_filter as pf
+from pyenvoy.filters.redis_proxy.config import Fault
 from pyenvoy.filters.redis_proxy.conn_pool import Batch, ConnPool, encodeCommand
 from pyenvoy.filters.redis_proxy.resp import (
     ONE_PASS_MAX, HiredisDecoder, ProtocolError, PyDecoder, ReplyFramer, encode)
@@ -336,7 +337,7 @@ class ConfigTests(ConfigTestCase):
             downstream_auth_passwords=[{"inline_string": "new"}],
             downstream_auth_username={"inline_string": "user"},
         )).listeners[0].filterChains[0].filters[0].config
-        self.assertEqual(config.faults[0].percent, 0.25)
+        self.assertEqual(config.faults[0].percent, 0)
         self.assertEqual(config.faults[0].commands, ("get",))
         self.assertEqual(config.catchAll.mirrors[0].percent, 50.0)
         self.assertEqual((config.authPasswords, config.authUsername),
@@ -344,11 +345,33 @@ class ConfigTests(ConfigTestCase):
 
     def test_faultNeedsEnabled(self) -> None:
         """
-        fault_enabled is required; a DELAY fault needs a delay.
+        fault_enabled is required (and is the only error of a fault with
+        nothing else).
         """
         self.assertErrors(self.proxy(faults=[{"fault_type": "DELAY"}]), [
-            (f"{PROXY}.faults[0]", "missing required field 'fault_enabled'"),
-            (f"{PROXY}.faults[0].delay", "needs a delay")])
+            (f"{PROXY}.faults[0]", "missing required field 'fault_enabled'")])
+
+    def test_faultDefaults(self) -> None:
+        """
+        As in Envoy, fault_type defaults to DELAY and delay to zero, so a
+        fault with neither is valid.
+        """
+        config = parse(self.proxy(faults=[{"fault_enabled": {
+            "default_value": {"numerator": 10}}}])).listeners[0].filterChains[0].filters[0].config
+        self.assertEqual(config.faults, (Fault(False, 10, 0.0, ()),))
+
+    def test_faultPercentInteger(self) -> None:
+        """
+        A fault's share is Envoy's whole percentage, numerator * 100 //
+        denominator (the numerator itself per HUNDRED).
+        """
+        cases = [(5, "TEN_THOUSAND", 0), (150, "TEN_THOUSAND", 1), (9999, "TEN_THOUSAND", 99),
+                 (999_999, "MILLION", 99), (50, "HUNDRED", 50), (1, "HUNDRED", 1)]
+        faults = [{"fault_type": "ERROR", "fault_enabled": {"default_value": {
+            "numerator": numerator, "denominator": denominator}}}
+            for numerator, denominator, _ in cases]
+        config = parse(self.proxy(faults=faults)).listeners[0].filterChains[0].filters[0].config
+        self.assertEqual([f.percent for f in config.faults], [c[2] for c in cases])
 
 
 class FramerTests(SynchronousTestCase):
@@ -1088,3 +1111,260 @@ class TableRebuildTests(SynchronousTestCase):
         self.assertEqual(harness.upstreams[7001].commands(), [])
         self.assertEqual(harness.upstreams[7002].commands(),
                          [[b"GET", k] for k in [fresh] + onFirst])
+
+
+class FaultTests(SynchronousTestCase):
+    """
+    Faults drawn as Envoy draws them.
+    """
+
+    def _harness(self, fault: dict) -> _Harness:
+        """
+        A harness with one fault on every command, and a random draw of 0
+        (the lowest there is).
+        """
+        harness = _Harness(proxy={"faults": [fault]})
+        harness.shared.random.random = lambda: 0.0  # type: ignore[method-assign]
+        return harness
+
+    def test_smallShareNeverFires(self) -> None:
+        """
+        5 per TEN_THOUSAND is 0% to Envoy (5 * 100 // 10000): the fault
+        never fires, even on the lowest draw; 1 per HUNDRED fires on it.
+        """
+        for numerator, denominator, fires in ((5, "TEN_THOUSAND", False),
+                                              (1, "HUNDRED", True)):
+            harness = self._harness({"fault_type": "ERROR", "fault_enabled": {
+                "default_value": {"numerator": numerator, "denominator": denominator}}})
+            proxy, downstream = harness.client()
+            harness.send(proxy, _commands([b"GET", b"k"]))
+            harness.answerAll()
+            body = b"GET k@%d#0" % harness.portOf(b"k")
+            self.assertEqual(b"".join(downstream.written),
+                             pf.FAULT_ERROR if fires else b"$%d\r\n%s\r\n" % (len(body), body))
+            self.assertEqual(harness.counter("redis.test.command.get.error_fault"), int(fires))
+
+    def test_delayFaultWithoutDelay(self) -> None:
+        """
+        A DELAY fault with no delay (valid, as in Envoy) delays nothing:
+        the reply comes at once and no delay_fault is counted.
+        """
+        harness = self._harness({"fault_enabled": {"default_value": {"numerator": 100}}})
+        proxy, downstream = harness.client()
+        harness.send(proxy, _commands([b"GET", b"k"]))
+        harness.answerAll()
+        self.assertEqual(len(downstream.written), 1)
+        self.assertEqual(harness.counter("redis.test.command.get.delay_fault"), 0)
+
+
+class DrainTests(SynchronousTestCase):
+    """
+    Draining closes clients after a reply, as Envoy's C{onResponse} does.
+    """
+
+    def test_closeAfterNextReply(self) -> None:
+        """
+        When the server drains no client is closed at once: a busy one
+        closes once its last reply is written, an idle one once its next
+        command is answered; downstream_cx_drain_close counts each.
+        """
+        harness = _Harness()
+        idle, idleConnection = harness.client()
+        busy, busyConnection = harness.client()
+        harness.send(busy, _commands([b"GET", b"k"]))
+        harness.shared.drain()
+        self.assertEqual((idleConnection.closed, busyConnection.closed), (False, False))
+        harness.answerAll()
+        self.assertEqual((idleConnection.closed, busyConnection.closed), (False, True))
+        self.assertEqual(len(busyConnection.written), 1)
+        self.assertEqual(harness.counter("redis.test.downstream_cx_drain_close"), 1)
+        harness.send(idle, _commands([b"PING"]))
+        self.assertEqual(idleConnection.written, [pf.PONG])
+        self.assertTrue(idleConnection.closed)
+        self.assertEqual(harness.counter("redis.test.downstream_cx_drain_close"), 2)
+
+
+class DownstreamAuthTests(SynchronousTestCase):
+    """
+    Local AUTH as Envoy's C{ProxyFilter::onAuth} answers it.
+    """
+
+    def _exchange(self, proxy: dict, data: bytes) -> tuple[_Harness, bytes]:
+        """
+        Send C{data} from a new client; return the harness and the replies.
+        """
+        harness = _Harness(proxy=proxy)
+        client, downstream = harness.client()
+        harness.send(client, data)
+        harness.answerAll()
+        return harness, b"".join(downstream.written)
+
+    def test_defaultUser(self) -> None:
+        """
+        Without downstream_auth_username, a 2-argument AUTH as 'default'
+        takes a right password and gets WRONGPASS (not the 1-argument
+        'invalid password') for a wrong one.
+        """
+        harness, replies = self._exchange(
+            {"downstream_auth_passwords": [{"inline_string": "s3cret"}]},
+            _commands([b"AUTH", b"default", b"nope"], [b"GET", b"k"],
+                      [b"AUTH", b"default", b"s3cret"], [b"AUTH", b"nope"]))
+        self.assertEqual(replies, b"-WRONGPASS invalid username-password pair\r\n"
+                         b"-NOAUTH Authentication required.\r\n+OK\r\n-ERR invalid password\r\n")
+
+    def test_usernameOnlyRequiresAuth(self) -> None:
+        """
+        A username without passwords still requires AUTH, which cannot
+        succeed: nothing reaches a shard.
+        """
+        harness, replies = self._exchange(
+            {"downstream_auth_username": {"inline_string": "user"}},
+            _commands([b"GET", b"k"], [b"AUTH", b"x"], [b"AUTH", b"user", b"x"],
+                      [b"AUTH", b"user", b""], [b"GET", b"k"]))
+        self.assertEqual(replies, b"-NOAUTH Authentication required.\r\n"
+                         b"-ERR Client sent AUTH, but no password is set\r\n"
+                         + b"-WRONGPASS invalid username-password pair\r\n" * 2
+                         + b"-NOAUTH Authentication required.\r\n")
+        self.assertEqual(harness.upstreams, {})
+
+
+class UpstreamCommandStatsTests(SynchronousTestCase):
+    """
+    C{enable_command_stats} counts replies as Envoy's client does.
+    """
+
+    PREFIX = "cluster.redis.redis_cluster.upstream_commands"
+
+    def _counts(self, harness: _Harness, command: str) -> list[int]:
+        return [harness.counter(f"{self.PREFIX}.{command}.{name}")
+                for name in ("total", "success", "failure")]
+
+    def test_errorReplyIsFailure(self) -> None:
+        """
+        A shard's error reply counts as failure, another reply as success;
+        a command left without a reply (its connection closed) counts in
+        total only, with no latency.  The proxy's own command stats still
+        count the error reply as success.
+        """
+        harness = _Harness(proxy={"settings": {"op_timeout": "5s",
+                                               "enable_command_stats": True}})
+        proxy, downstream = harness.client()
+        harness.send(proxy, _commands(*[[b"GET", b"k"]] * 3))
+        upstream = harness.upstreams[harness.portOf(b"k")]
+        upstream.handler.upstreamData(b"-WRONGTYPE wrong kind\r\n$1\r\nv\r\n")
+        upstream.handler.upstreamClosed(False)
+        harness.clock.advance(0)
+        self.assertEqual(b"".join(downstream.written),
+                         b"-WRONGTYPE wrong kind\r\n$1\r\nv\r\n-upstream failure\r\n")
+        self.assertEqual(self._counts(harness, "get"), [3, 1, 1])
+        self.assertEqual(harness.store.get(f"{self.PREFIX}.get.latency").count, 2)
+        self.assertEqual(harness.store.get(f"{self.PREFIX}.upstream_rq_time").count, 2)
+        self.assertEqual([harness.counter(f"redis.test.command.get.{name}")
+                          for name in ("success", "error")], [2, 1])
+
+
+class RedirectionTests(SynchronousTestCase):
+    """
+    enable_redirection: which MOVED/ASK replies are followed, and the
+    cluster counters that say so.
+    """
+
+    def _harness(self, **settings: Any) -> tuple[_Harness, pf.RedisProxyFilter,
+                                                  _FakeDownstream, _FakeUpstream]:
+        """
+        A harness with redirection (and C{settings}), a client that sent
+        GET k, and the shard connection that got it.
+        """
+        harness = _Harness(proxy={"settings": {"op_timeout": "5s", "enable_redirection": True,
+                                               **settings}})
+        proxy, downstream = harness.client()
+        harness.send(proxy, _commands([b"GET", b"k"]))
+        upstream = harness.upstreams[harness.portOf(b"k")]
+        self.assertEqual(upstream.commands(), [[b"GET", b"k"]])
+        return harness, proxy, downstream, upstream
+
+    def _redirects(self, harness: _Harness) -> list[int]:
+        return [harness.counter(f"cluster.redis.upstream_internal_redirect_{outcome}_total")
+                for outcome in ("succeeded", "failed")]
+
+    def test_hostNameNotFollowed(self) -> None:
+        """
+        A MOVED or ASK naming a host name (Envoy resolves those only with
+        dns_cache_config) goes back to the client unchanged and nothing is
+        connected; each counts as a failed redirect.
+        """
+        harness, proxy, downstream, upstream = self._harness()
+        harness.send(proxy, _commands([b"GET", b"k"]))
+        moved = b"-MOVED 3999 localhost:7003\r\n"
+        ask = b"-ASK 3999 redis.example:7003\r\n"
+        upstream.handler.upstreamData(moved + ask)
+        harness.clock.advance(0)
+        self.assertEqual(b"".join(downstream.written), moved + ask)
+        self.assertEqual(list(harness.upstreams), [harness.portOf(b"k")])
+        self.assertEqual(self._redirects(harness), [0, 2])
+
+    def test_addressFollowed(self) -> None:
+        """
+        MOVED to an IP address and port is followed (ASK after an ASKING)
+        and counted as a succeeded redirect; past
+        max_upstream_unknown_connections the error is passed back and
+        counted as a failed one.
+        """
+        harness, proxy, downstream, upstream = self._harness(
+            max_upstream_unknown_connections=1)
+        harness.send(proxy, _commands([b"GET", b"k"], [b"GET", b"k"]))
+        upstream.handler.upstreamData(b"-MOVED 1 127.0.0.1:7003\r\n-ASK 1 127.0.0.1:7003\r\n"
+                                      b"-MOVED 1 127.0.0.1:7004\r\n")
+        harness.clock.advance(0)
+        self.assertEqual(harness.upstreams[7003].commands(),
+                         [[b"GET", b"k"], [b"ASKING"], [b"GET", b"k"]])
+        self.assertNotIn(7004, harness.upstreams)
+        harness.upstreams[7003].handler.upstreamData(b"$1\r\na\r\n+OK\r\n$1\r\nb\r\n")
+        harness.clock.advance(0)
+        self.assertEqual(b"".join(downstream.written),
+                         b"$1\r\na\r\n$1\r\nb\r\n-MOVED 1 127.0.0.1:7004\r\n")
+        self.assertEqual(self._redirects(harness), [2, 1])
+        self.assertEqual(harness.counter(
+            "cluster.redis.redis_cluster.max_upstream_unknown_connections_reached"), 1)
+
+    def test_commandStats(self) -> None:
+        """
+        With enable_command_stats the MOVED counts as a failure and the
+        command sent again (and an ASKING) are counted too, as Envoy
+        counts every command its clients send.
+        """
+        harness, proxy, downstream, upstream = self._harness(enable_command_stats=True)
+        upstream.handler.upstreamData(b"-ASK 1 127.0.0.1:7003\r\n")
+        harness.clock.advance(0)
+        harness.upstreams[7003].handler.upstreamData(b"+OK\r\n$1\r\na\r\n")
+        harness.clock.advance(0)
+        self.assertEqual(b"".join(downstream.written), b"$1\r\na\r\n")
+        prefix = "cluster.redis.redis_cluster.upstream_commands"
+        self.assertEqual([harness.counter(f"{prefix}.{command}.{name}")
+                          for command in ("get", "asking")
+                          for name in ("total", "success", "failure")], [2, 1, 1, 1, 1, 0])
+
+
+class UpstreamProtocolErrorTests(SynchronousTestCase):
+    """
+    A shard that breaks RESP.
+    """
+
+    def test_counted(self) -> None:
+        """
+        Bytes from a shard that are not RESP fail its commands with
+        'upstream failure', close it and count
+        cluster.<c>.upstream_cx_protocol_error (shown from the start, at 0)
+        and the host's rq_error.
+        """
+        harness = _Harness()
+        self.assertEqual(harness.counter("cluster.redis.upstream_cx_protocol_error"), 0)
+        proxy, downstream = harness.client()
+        harness.send(proxy, _commands([b"GET", b"k"]))
+        upstream = harness.upstreams[harness.portOf(b"k")]
+        upstream.handler.upstreamData(b"?what\r\n")
+        harness.clock.advance(0)
+        self.assertEqual(b"".join(downstream.written), b"-upstream failure\r\n")
+        self.assertTrue(upstream.closed)
+        self.assertEqual(harness.counter("cluster.redis.upstream_cx_protocol_error"), 1)
+        self.assertEqual(harness.pool.hostForKey(b"k").stats.rq_error, 1)  # type: ignore[union-attr]

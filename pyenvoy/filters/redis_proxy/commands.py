@@ -2,9 +2,10 @@
 redis_proxy's command table: which commands it routes, and how.
 
 The Envoy classes (simple, eval, sum-split, MGET/MSET, transactions, local)
-follow Envoy's C{supported_commands.h} and the 2025 additions listed in
-docs/redis_proxy.md; the pyenvoy-only classes (pub/sub, blocking,
-per-client SELECT, fan-out) are marked as such.
+follow Envoy's C{supported_commands.h}; the other classes (pub/sub,
+blocking, per-client SELECT, fan-out) are pyenvoy's own.  Of Envoy's 2025
+additions only KEYS, SCAN, FLUSHDB, FLUSHALL and SELECT are here, each
+pyenvoy's way (docs/redis_proxy.md); the rest are unknown commands.
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ BLOCKING = frozenset(("blpop", "brpop", "brpoplpush", "blmove", "bzpopmin", "bzp
 #: pyenvoy only: pub/sub subscriptions on dedicated connections.
 SUBSCRIBE = frozenset(("subscribe", "psubscribe", "unsubscribe", "punsubscribe"))
 
-#: pyenvoy only: sent to every shard, replies merged.
+#: pyenvoy's fan-out (Envoy's KEYS/SCAN/FLUSH* of 2025 differ): sent to
+#: every shard (SCAN: one shard at a time), replies merged.
 FAN_OUT = frozenset(("keys", "scan", "dbsize", "flushdb", "flushall"))
 
-#: pyenvoy only: per-client database selection.
+#: pyenvoy's per-client database selection (Envoy's SELECT of 2025 only
+#: answers +OK).
 SELECT = "select"
 
 #: Commands that change data (Envoy's write list), for mirroring with

@@ -49,10 +49,16 @@ class Route:
 class Fault:
     """
     One C{faults} entry: an injected C{ERROR} reply or C{DELAY}.
+
+    @ivar percent: the share of commands it hits, a whole percentage as
+        Envoy computes it (C{numerator * 100 // denominator}), so 5 per
+        C{TEN_THOUSAND} is 0 and never fires.
+    @ivar delay: seconds, 0 when not set (then a C{DELAY} fault delays
+        nothing, as in Envoy).
     """
 
     errorFault: bool
-    percent: float
+    percent: int
     delay: float
     commands: tuple[str, ...]
 
@@ -97,6 +103,24 @@ def _percent(section: Section | None) -> float:
     return numerator * 100.0 / _DENOMINATORS[denominator]
 
 
+def _faultPercent(section: Section) -> int:
+    """
+    A fault's C{fault_enabled} as Envoy's redis fault manager reads it: a
+    whole percentage, C{numerator * 100 // denominator} (the numerator
+    itself for C{HUNDRED}), compared with a random number in 0-99.
+    """
+    section.string("runtime_key")
+    value = section.section("default_value", required=True)
+    if value is None:
+        return 0
+    numerator = value.integer("numerator", 0, minimum=0) or 0
+    denominator = value.enum("denominator", tuple(_DENOMINATORS), "HUNDRED")
+    value.finish()
+    if denominator == "HUNDRED":
+        return numerator
+    return numerator * 100 // _DENOMINATORS[denominator]
+
+
 def _parseMirrors(section: Section, context: Any) -> tuple[MirrorPolicy, ...]:
     mirrors = []
     for entry in section.sections("request_mirror_policy"):
@@ -128,12 +152,11 @@ def _parseFaults(section: Section) -> tuple[Fault, ...]:
     for entry in section.sections("faults"):
         kind = entry.enum("fault_type", ("DELAY", "ERROR"), "DELAY")
         enabled = entry.section("fault_enabled", required=True)
-        percent = _percent(enabled) if enabled is not None else 0.0
+        percent = _faultPercent(enabled) if enabled is not None else 0
         if enabled is not None:
             enabled.finish()
+        # Envoy's delay defaults to zero, for DELAY faults too.
         delay = entry.duration("delay", 0.0) or 0.0
-        if kind == "DELAY" and not delay:
-            entry.error("a DELAY fault needs a delay", "delay")
         commands = tuple(c.lower() for c in entry.strings("commands"))
         entry.finish()
         faults.append(Fault(kind == "ERROR", percent, delay, commands))

@@ -7,6 +7,7 @@ for what cannot share one (transactions, blocking commands, pub/sub).
 from __future__ import annotations
 
 from collections import deque
+from ipaddress import ip_address
 from itertools import repeat
 from typing import Any, Callable
 
@@ -359,6 +360,8 @@ class UpstreamClient:
         except ProtocolError as e:
             log.warn("redis upstream {host} sent bad RESP: {error}",
                      host=self.host.addressString, error=str(e))
+            self.pool.upstreamCxProtocolError.value += 1
+            self.host.stats.rq_error += 1
             self.fail(UPSTREAM_FAILURE)
             self._batch.end()
             return
@@ -488,6 +491,12 @@ class ConnPool:
                      "connection_rate_limited"):
             self.redisClusterScope.counter(name)
         self.upstreamRqTimeout = clusterScope.counter("upstream_rq_timeout")
+        #: Envoy's cluster stats for MOVED/ASK followed or passed back as
+        #: they came, and for a shard that sent bad RESP.
+        self.redirectSucceeded = clusterScope.counter(
+            "upstream_internal_redirect_succeeded_total")
+        self.redirectFailed = clusterScope.counter("upstream_internal_redirect_failed_total")
+        self.upstreamCxProtocolError = clusterScope.counter("upstream_cx_protocol_error")
         self._commandStats: dict[str, tuple[Any, ...]] = {}
         self._clients: dict[Any, UpstreamClient] = {}
         self._unknownHosts: dict[str, Host] = {}
@@ -636,7 +645,12 @@ class ConnPool:
         """
         The host a MOVED/ASK redirection names: a cluster member, or one
         of at most C{limit} other addresses (Envoy's
-        C{max_upstream_unknown_connections}).
+        C{max_upstream_unknown_connections}); C{None} when it cannot be
+        followed.
+
+        Only an IP address and port is followed: Envoy resolves a host
+        name only with C{dns_cache_config}, which pyenvoy lacks, and
+        otherwise passes the redirection back to the client.
         """
         for host in self.cluster.hosts:
             if host.addressString == address:
@@ -648,10 +662,15 @@ class ConnPool:
             self.redisClusterScope.counter("max_upstream_unknown_connections_reached").value += 1
             return None
         ip, _, port = address.rpartition(":")
+        ip = ip.strip("[]")
         try:
-            host = Host((ip.strip("[]"), int(port)))
+            ip_address(ip)
+            number = int(port)
         except ValueError:
             return None
+        if not port.isdigit() or number > 65535:
+            return None
+        host = Host((ip, number))
         self._unknownHosts[address] = host
         return host
 

@@ -206,8 +206,6 @@ class _Shared:
             self.catchAll is not None and not self.routes and not self.catchAll.mirrors
             and not config.enableRedirection and not config.enableCommandStats) else None
         self.random = random.Random()
-        #: Open connections, so a drain can close the idle ones.
-        self.open: set[Any] = set()
         self.draining = False
         onDrain = getattr(context, "onDrain", None)
         if onDrain is not None:
@@ -215,13 +213,13 @@ class _Shared:
 
     def drain(self) -> None:
         """
-        The server is draining: close each connection with nothing
-        outstanding now, and the others once their last reply is written
-        (Envoy's C{downstream_cx_drain_close}).
+        The server is draining: from now on each connection closes once a
+        reply is written with nothing left outstanding (Envoy's
+        C{downstream_cx_drain_close}, checked in C{onResponse} only), so
+        an idle client stays open until its next command is answered; the
+        drain time closes what is left.
         """
         self.draining = True
-        for proxy in list(self.open):
-            proxy.closeIfIdle()
 
     def lookup(self, raw: bytes) -> _Command | None:
         """
@@ -250,13 +248,14 @@ class _Shared:
     def faultFor(self, name: str) -> Any:
         """
         The fault to inject into this command, if any (Envoy's draw: one
-        random percentage against the faults' cumulative shares).
+        random whole number 0-99 against the faults' cumulative whole
+        percentages).
         """
         faults = self.faults.get(name, self.faultsForAll)
         if not faults:
             return None
-        draw = self.random.random() * 100
-        total = 0.0
+        draw = int(self.random.random() * 100)
+        total = 0
         for fault in faults:
             total += fault.percent
             if draw < total:
@@ -277,9 +276,11 @@ class _Slot:
     quit = False
     #: A DELAY fault's delay.
     delay = 0.0
-    #: The command as sent, kept to follow MOVED/ASK (enable_redirection).
+    #: The command as sent, kept to follow MOVED/ASK (enable_redirection),
+    #: with its pool and its C{enable_command_stats} stats.
     request: bytes | None = None
     pool: ConnPool | None = None
+    upstreamStats: Any = None
     #: A hook run on the reply before it is stored (may replace it).
     after: Any = None
 
@@ -357,6 +358,11 @@ class _UpstreamTimed:
     """
     Callbacks that count a shard command in C{cluster.<c>.redis_cluster.
     upstream_commands.*} (C{enable_command_stats}) and pass the reply on.
+
+    As in Envoy's client (C{onRespValue}): a reply counts as C{success}
+    unless it is an error reply, which counts as C{failure}; a command
+    that gets no reply (connection closed, op_timeout) counts in
+    C{total} only, with no latency.
     """
 
     __slots__ = ("inner", "stats", "start", "owner")
@@ -376,11 +382,10 @@ class _UpstreamTimed:
         rqTime.record(micros)
 
     def onReply(self, raw: bytes) -> None:
-        self._done(True)
+        self._done(raw[0] != 45)  # not "-"
         self.inner.onReply(raw)
 
     def onFailure(self, raw: bytes) -> None:
-        self._done(False)
         self.inner.onFailure(raw)
 
 
@@ -585,7 +590,9 @@ class RedisProxyFilter:
         #: path (L{_plainKeyClients}).
         self._plain = False
         self.db = 0
-        self.authenticated = not shared.config.authPasswords
+        # Envoy's connection_allowed_: a configured username alone also
+        # requires AUTH (which then cannot succeed without a password).
+        self.authenticated = not (shared.config.authPasswords or shared.config.authUsername)
         self.transaction = _Transaction()
         self.subscription: Any = None
         self._queue: deque[_Slot] = deque()
@@ -609,7 +616,6 @@ class RedisProxyFilter:
         shared = self.shared
         shared.downstream_cx_total.value += 1
         shared.downstream_cx_active.value += 1
-        shared.open.add(self)
 
     def onNewConnection(self) -> FilterStatus:
         """
@@ -732,7 +738,6 @@ class RedisProxyFilter:
             return
         self._closed = True
         shared = self.shared
-        shared.open.discard(self)
         shared.downstream_cx_active.value -= 1
         shared.downstream_rq_active.value -= len(self._queue)
         self._queue.clear()
@@ -814,7 +819,8 @@ class RedisProxyFilter:
 
     def closeIfIdle(self) -> None:
         """
-        Close (flushing) if no reply is outstanding.
+        Close (flushing) if no reply is outstanding: a draining server's
+        close, after a reply.
         """
         if not self._queue and not self._closed and not self._quitting:
             self._quitting = True
@@ -933,8 +939,8 @@ class RedisProxyFilter:
 
     def _auth(self, request: list[bytes]) -> None:
         """
-        Envoy's local AUTH: 1 argument is a password, 2 are a username and
-        a password.
+        Envoy's local AUTH (C{ProxyFilter::onAuth}): 1 argument is a
+        password, 2 are a username and a password.
         """
         config = self.shared.config
         if len(request) < 2 or len(request) > 3:
@@ -943,14 +949,10 @@ class RedisProxyFilter:
             return
         passwords = config.authPasswords
         if len(request) == 2:
+            # Envoy checks the password list only, username or not.
             if not passwords:
                 self._local(b"-ERR Client sent AUTH, but no password is set\r\n")
-            elif request[1] in passwords and not config.authUsername:
-                self.authenticated = True
-                self._local(OK)
             elif request[1] in passwords:
-                # With a username configured Envoy still takes a bare
-                # password (it checks the password list only).
                 self.authenticated = True
                 self._local(OK)
             else:
@@ -960,8 +962,10 @@ class RedisProxyFilter:
         username, password = request[1], request[2]
         if not config.authUsername and not passwords:
             self._local(b"-ERR Client sent AUTH, but no username-password pair is set\r\n")
-        elif not config.authUsername and username == b"default":
-            self._auth([request[0], password])
+        elif not config.authUsername and username == b"default" and password in passwords:
+            # Redis 6 ACLs: "default" is the user of a password-only setup.
+            self.authenticated = True
+            self._local(OK)
         elif username == config.authUsername and password in passwords:
             self.authenticated = True
             self._local(OK)
@@ -1011,7 +1015,8 @@ class RedisProxyFilter:
         while args:
             option = args[0].lower()
             if option == b"auth" and len(args) >= 3:
-                if self.shared.config.authPasswords:
+                config = self.shared.config
+                if config.authPasswords or config.authUsername:
                     before = len(self._queue)
                     self._auth([b"AUTH", args[1], args[2]])
                     if self._queue[-1].reply != OK:
@@ -1125,11 +1130,13 @@ class RedisProxyFilter:
         data = encodeCommand(request)
         slot = _Slot(self, entry.stats)
         self._queue.append(slot)
+        upstreamStats = route.pool.commandStats(entry.name) if self.commandStats else None
         if self.shared.config.enableRedirection:
             slot.request = data
             slot.pool = route.pool
-        client.send(data, slot if not self.commandStats else
-                    _UpstreamTimed(slot, route.pool.commandStats(entry.name), self))
+            slot.upstreamStats = upstreamStats
+        client.send(data, slot if upstreamStats is None else
+                    _UpstreamTimed(slot, upstreamStats, self))
         if route.mirrors:
             self._mirror(route, entry, key, data)
         return slot
@@ -1207,7 +1214,10 @@ class RedisProxyFilter:
     def redirect(self, slot: _Slot, raw: bytes) -> bool:
         """
         Follow a C{MOVED} or C{ASK} error (C{enable_redirection}): resend
-        the command to the node it names.  C{False} passes the error on.
+        the command to the node it names, counted in the cluster's
+        C{upstream_internal_redirect_succeeded_total}.  C{False} passes
+        the error on (C{upstream_internal_redirect_failed_total} when it
+        named a node that cannot be used, such as a host name).
         """
         if raw.startswith(b"-MOVED "):
             asking = False
@@ -1222,12 +1232,17 @@ class RedisProxyFilter:
         host = pool.hostForAddress(parts[2].decode("ascii", "replace"),
                                    self.shared.config.maxUpstreamUnknownConnections)
         if host is None:
+            pool.redirectFailed.value += 1
             return False
         client = pool.clientForHost(host, self.db)
         request, slot.request = slot.request, None
+        stats = slot.upstreamStats
         if asking:
-            client.send(b"*1\r\n$6\r\nASKING\r\n", IGNORE)
-        client.send(request, slot)  # type: ignore[arg-type]
+            client.send(b"*1\r\n$6\r\nASKING\r\n", IGNORE if stats is None else
+                        _UpstreamTimed(IGNORE, pool.commandStats("asking"), self))
+        client.send(request, slot if stats is None  # type: ignore[arg-type]
+                    else _UpstreamTimed(slot, stats, self))
+        pool.redirectSucceeded.value += 1
         return True
 
     # -- transactions ------------------------------------------------------------------
