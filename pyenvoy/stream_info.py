@@ -37,7 +37,7 @@ class ResponseFlag:
 
 #: Order Envoy prints the flags in (its C{ResponseFlag} enum order).
 RESPONSE_FLAG_ORDER = (
-    "UH", "UF", "UO", "NR", "URX", "NC", "DT", "UPE", "SI", "DC", "UC",
+    "UH", "UF", "UC", "UO", "NR", "DC", "URX", "SI", "DT", "UPE", "NC",
 )
 
 #: Envoy's long names, for %RESPONSE_FLAGS_LONG%.

@@ -198,6 +198,16 @@ class OperatorTests(SynchronousTestCase):
         self.assertEqual(text("%RESPONSE_FLAGS% %RESPONSE_FLAGS_LONG%", info),
                          "UF,URX UpstreamConnectionFailure,UpstreamRetryLimitExceeded")
 
+    def test_responseFlagOrder(self) -> None:
+        """
+        Envoy prints flags in its enum's order: UC (UpstreamConnectionTermination)
+        before UO and NR, DC before URX, NC last.
+        """
+        info = closedInfo()
+        for flag in ("NC", "URX", "DC", "NR", "UO", "UC", "UF", "UH"):
+            info.setResponseFlag(flag)
+        self.assertEqual(text("%RESPONSE_FLAGS%", info), "UH,UF,UC,UO,NR,DC,URX,NC")
+
     def test_noResponseFlags(self) -> None:
         """Without flags both flag operators print '-', even omitting empty values."""
         self.assertEqual(text("%RESPONSE_FLAGS% %RESPONSE_FLAGS_LONG%", omit=True), "- -")

@@ -640,6 +640,29 @@ class FactoryTests(SynchronousTestCase):
         lb = RoundRobin(hosts(1, 2))
         self.assertEqual([lb.chooseHost(ctx(5)).address[1] for _ in range(4)], [1, 2, 1, 2])
 
+    def test_roundRobinGoesOnAfterNewHostSet(self) -> None:
+        """
+        The same hosts again (a DNS cluster's every refresh) or a changed
+        set do not restart the rotation at the first host, as Envoy never
+        resets its round-robin index; weighted hosts keep their credit.
+        """
+        same = hosts(1, 2)
+        lb = RoundRobin(same)
+        picks = []
+        for _ in range(4):
+            picks.append(lb.chooseHost(None).address[1])
+            lb.setHosts(list(same))
+        self.assertEqual(picks, [1, 2, 1, 2])
+        weighted = hosts(1, 2)
+        weighted[0].weight = 3
+        lb = RoundRobin(weighted)
+        picks = []
+        for _ in range(8):
+            picks.append(lb.chooseHost(None).address[1])
+            lb.setHosts(list(weighted))
+        self.assertEqual(picks.count(1), 6)
+        self.assertEqual(picks.count(2), 2)
+
 
 class LbConfigTests(ConfigTestCase):
     """

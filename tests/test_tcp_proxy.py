@@ -127,6 +127,29 @@ class DataIntegrityTests(TestCase):
         self.assertEqual(client.data(), reply)
         self.assertEqual(Server.digests, [hashlib.sha256(b"request").hexdigest()])
 
+    async def test_requestCountedOnceConnected(self) -> None:
+        """
+        As Envoy's TCP pool: the connection is a pending request while it
+        connects and a request (cluster and host) once connected; neither
+        is left active after the close, and no per-host rq_success is
+        counted (only HTTP counts it).
+        """
+        port = listen(self, Echo)
+        server = startServer(self, tcpProxyConfig([port]))
+        client = await connect(listenerPort(server))
+        client.transport.write(b"ping")
+        await waitFor(lambda: client.data() == b"ping")
+        names = ("upstream_rq_pending_total", "upstream_rq_pending_active", "upstream_rq_total",
+                 "upstream_rq_active")
+        self.assertEqual([stat(server, "cluster.backend." + n) for n in names], [1, 0, 1, 1])
+        host = server.context.clusterManager.clusters["backend"].hosts[0]
+        self.assertEqual((host.stats.rq_total, host.stats.rq_active), (1, 1))
+        client.transport.loseConnection()
+        await client.closed
+        await waitFor(lambda: stat(server, "cluster.backend.upstream_rq_active") == 0)
+        self.assertEqual((host.stats.rq_active, host.stats.rq_success, host.stats.rq_error),
+                         (0, 0, 0))
+
     async def test_halfCloseFromUpstream(self) -> None:
         """
         An upstream FIN reaches the client as end of stream while the
@@ -273,15 +296,25 @@ class UpstreamFailureTests(TestCase):
 
     async def test_upstreamRefuses(self) -> None:
         """
-        Connection refused: client closed, flag UF, upstream_cx_connect_fail.
+        Connection refused: client closed, flag UF, upstream_cx_connect_fail;
+        as in Envoy's pool, the refused socket counts as destroyed by the
+        remote side and its pending request as ejected, never as a request.
         """
         server = startServer(self, tcpProxyConfig([self.unusedPort()]))
         client = await connect(listenerPort(server))
         await client.closed
         self.assertEqual(client.data(), b"")
-        self.assertEqual(stat(server, "cluster.backend.upstream_cx_connect_fail"), 1)
-        self.assertEqual(stat(server, "cluster.backend.upstream_cx_active"), 0)
-        self.assertEqual(stat(server, "cluster.backend.upstream_cx_destroy_local"), 1)
+        counts = {name: stat(server, "cluster.backend." + name) for name in (
+            "upstream_cx_connect_fail", "upstream_cx_active", "upstream_cx_destroy_local",
+            "upstream_cx_destroy_remote", "upstream_rq_pending_total",
+            "upstream_rq_pending_active", "upstream_rq_pending_failure_eject",
+            "upstream_rq_total", "upstream_rq_active")}
+        self.assertEqual(counts, {
+            "upstream_cx_connect_fail": 1, "upstream_cx_active": 0,
+            "upstream_cx_destroy_local": 0, "upstream_cx_destroy_remote": 1,
+            "upstream_rq_pending_total": 1, "upstream_rq_pending_active": 0,
+            "upstream_rq_pending_failure_eject": 1,
+            "upstream_rq_total": 0, "upstream_rq_active": 0})
 
     async def test_upstreamConnectTimesOut(self) -> None:
         """
@@ -307,8 +340,11 @@ class UpstreamFailureTests(TestCase):
         server = startServer(self, tcpProxyConfig([port], cluster={"connect_timeout": "0.25s"}))
         client = await connect(listenerPort(server))
         await client.closed
+        # Envoy counts a timed-out connect as a connect failure too, and the
+        # connection as destroyed locally.
         self.assertEqual(stat(server, "cluster.backend.upstream_cx_connect_timeout"), 1)
-        self.assertEqual(stat(server, "cluster.backend.upstream_cx_connect_fail"), 0)
+        self.assertEqual(stat(server, "cluster.backend.upstream_cx_connect_fail"), 1)
+        self.assertEqual(stat(server, "cluster.backend.upstream_cx_destroy_local"), 1)
 
     async def test_upstreamDiesMidStream(self) -> None:
         """

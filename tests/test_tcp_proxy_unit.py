@@ -200,3 +200,24 @@ class FlowControlUnitTests(SynchronousTestCase):
         self.assertEqual(proxy.stat("tcp.test.downstream_flow_control_paused_reading_total"), 1)
         self.assertEqual(
             proxy.stat("tcp.test.downstream_flow_control_resumed_reading_total"), 1)
+
+
+class ConnectFailureReasonTests(SynchronousTestCase):
+    """
+    C{%UPSTREAM_TRANSPORT_FAILURE_REASON%} words a failed connect as Envoy.
+    """
+
+    def test_socketError(self) -> None:
+        """
+        An error the socket reported reads as Envoy's
+        C{delayed connect error: <strerror>}.
+        """
+        from twisted.internet.error import ConnectionRefusedError
+
+        from pyenvoy.upstream.cluster_manager import _connectFailureReason
+
+        refused = Failure(ConnectionRefusedError(111, "Connection refused"))
+        self.assertEqual(_connectFailureReason(refused),
+                         "delayed connect error: Connection refused")
+        other = Failure(ConnectionDone("gone"))
+        self.assertEqual(_connectFailureReason(other), other.getErrorMessage())

@@ -28,13 +28,16 @@ _COUNTERS = (
     "upstream_cx_destroy_remote_with_active_rq",
     "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total", "upstream_cx_overflow",
     "upstream_cx_none_healthy", "upstream_cx_connect_attempts_exceeded",
-    "upstream_rq_total", "upstream_flow_control_paused_reading_total",
+    "upstream_rq_total", "upstream_rq_pending_total", "upstream_rq_pending_overflow",
+    "upstream_rq_pending_failure_eject", "upstream_rq_cancelled",
+    "upstream_flow_control_paused_reading_total",
     "upstream_flow_control_resumed_reading_total", "membership_change", "update_attempt",
     "update_success", "update_failure", "update_empty", "update_no_rebuild",
     "lb_healthy_panic", "bind_errors",
 )
 _GAUGES = (
-    "upstream_cx_active", "upstream_rq_active", "upstream_cx_rx_bytes_buffered",
+    "upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
+    "upstream_cx_rx_bytes_buffered",
     "membership_total", "membership_healthy",
     "membership_degraded", "membership_excluded", "max_host_weight", "version",
 )

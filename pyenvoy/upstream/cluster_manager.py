@@ -39,6 +39,19 @@ class ConnectStatus(enum.Enum):
     NO_HOST = "no_host"
 
 
+def _connectFailureReason(reason: Failure) -> str:
+    """
+    Why a connect failed, as Envoy words it for
+    C{%UPSTREAM_TRANSPORT_FAILURE_REASON%} when the socket reports an
+    error (C{delayed connect error: Connection refused}); Twisted's own
+    message otherwise.
+    """
+    number = getattr(reason.value, "osError", None)
+    if isinstance(number, int) and number > 0:
+        return "delayed connect error: " + os.strerror(number)
+    return reason.getErrorMessage()
+
+
 class UpstreamConnection:
     """
     One connection to an upstream host, on behalf of a terminal filter.
@@ -46,15 +59,23 @@ class UpstreamConnection:
     The filter passes a I{handler} with C{upstreamConnected(upstream)},
     C{upstreamConnectFailed(reason, timedOut)}, C{upstreamData(data)},
     C{upstreamEndStream()} and C{upstreamClosed(localClose)}.
+
+    With C{request} (tcp_proxy: the connection is the request) it is
+    counted as Envoy's TCP connection pool counts its stream: pending
+    (C{upstream_rq_pending_*}) while connecting, then in C{upstream_rq_total}
+    / C{upstream_rq_active} and the host's C{rq_total} / C{rq_active} once
+    connected; a failed connect ejects it (C{upstream_rq_pending_failure_eject}),
+    a close while connecting cancels it (C{upstream_rq_cancelled}).
     """
 
     def __init__(self, cluster: Cluster, host: Host, handler: Any, reactor: Any,
-                 bufferLimit: int) -> None:
+                 bufferLimit: int, request: bool = False) -> None:
         self.cluster = cluster
         self.host = host
         self.handler = handler
         self.reactor = reactor
         self.bufferLimit = bufferLimit
+        self.request = request
         self.protocol: _UpstreamProtocol | None = None
         self.connected = False
         self.closed = False
@@ -77,12 +98,11 @@ class UpstreamConnection:
         stats = cluster.stats
         stats.upstream_cx_total.value += 1
         stats.upstream_cx_active.value += 1
-        stats.upstream_rq_total.value += 1
-        stats.upstream_rq_active.value += 1
+        if request:
+            stats.upstream_rq_pending_total.value += 1
+            stats.upstream_rq_pending_active.value += 1
         host.stats.cx_total += 1
         host.stats.cx_active += 1
-        host.stats.rq_total += 1
-        host.stats.rq_active += 1
         cluster.connectionAdded()
         cluster.connections.add(self)
 
@@ -161,6 +181,13 @@ class UpstreamConnection:
         self._timer = None
         self.protocol = protocol
         self.connected = True
+        if self.request:
+            stats = self.cluster.stats
+            stats.upstream_rq_pending_active.value -= 1
+            stats.upstream_rq_total.value += 1
+            stats.upstream_rq_active.value += 1
+            self.host.stats.rq_total += 1
+            self.host.stats.rq_active += 1
         now = self.reactor.seconds()
         self._connectedAt = now
         self.cluster.stats.upstream_cx_connect_ms.record((now - self._started) * 1000)
@@ -185,25 +212,30 @@ class UpstreamConnection:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
-        self._failed(reason.getErrorMessage(), timedOut=False)
+        self._failed(_connectFailureReason(reason), timedOut=False)
 
     def _failed(self, reason: str, timedOut: bool) -> None:
         self.closed = True
         stats = self.cluster.stats
-        if not timedOut:
-            stats.upstream_cx_connect_fail.value += 1
+        # As Envoy's pool: a connection closed while connecting is a connect
+        # failure, a timed-out one too; a refused or failed one was closed
+        # by the remote side, a timed-out one by us.
+        stats.upstream_cx_connect_fail.value += 1
         self.host.stats.cx_connect_fail += 1
-        self.host.stats.rq_error += 1
-        self._release(destroy=True, local=True)
+        if self.request:
+            stats.upstream_rq_pending_active.value -= 1
+            stats.upstream_rq_pending_failure_eject.value += 1
+        self._release(destroy=True, local=timedOut)
         self.handler.upstreamConnectFailed(reason, timedOut)
 
     def _release(self, destroy: bool, local: bool) -> None:
         self.cluster.connections.discard(self)
         stats = self.cluster.stats
         stats.upstream_cx_active.value -= 1
-        stats.upstream_rq_active.value -= 1
         self.host.stats.cx_active -= 1
-        self.host.stats.rq_active -= 1
+        if self.request and self.connected:
+            stats.upstream_rq_active.value -= 1
+            self.host.stats.rq_active -= 1
         self.cluster.connectionRemoved()
         if destroy:
             stats.upstream_cx_destroy.value += 1
@@ -219,7 +251,6 @@ class UpstreamConnection:
         if self._connectedAt is not None:
             self.cluster.stats.upstream_cx_length_ms.record(
                 (self.reactor.seconds() - self._connectedAt) * 1000)
-        self.host.stats.rq_success += 1
         self._release(destroy=True, local=self.localClose)
         self.handler.upstreamClosed(self.localClose)
 
@@ -291,6 +322,10 @@ class UpstreamConnection:
                 self._timer.cancel()
             self._timer = None
             self._stopConnecting()
+            if self.request:
+                stats = self.cluster.stats
+                stats.upstream_rq_pending_active.value -= 1
+                stats.upstream_rq_cancelled.value += 1
             self._release(destroy=True, local=True)
             return
         transport = self.protocol.transport  # type: ignore[union-attr]
@@ -573,16 +608,19 @@ class ClusterManager:
         if host is None:
             cluster.stats.upstream_cx_none_healthy.value += 1
             return ConnectStatus.NO_HOST, None
-        return ConnectStatus.STARTED, self.connectHost(cluster, host, handler)
+        return ConnectStatus.STARTED, self.connectHost(cluster, host, handler, request=True)
 
-    def connectHost(self, cluster: Cluster, host: Host, handler: Any) -> UpstreamConnection:
+    def connectHost(self, cluster: Cluster, host: Host, handler: Any,
+                    request: bool = False) -> UpstreamConnection:
         """
         Start a connection to C{host} of C{cluster} for C{handler}, for a
         filter that picked the host itself (a Redis connection pool keeps
-        one connection per host). The caller checks C{cluster.canConnect()}.
+        one connection per host, and counts its commands as requests).
+        The caller checks C{cluster.canConnect()}.  C{request}: see
+        L{UpstreamConnection}.
         """
         upstream = UpstreamConnection(cluster, host, handler, self.reactor,
-                                      cluster.config.perConnectionBufferLimitBytes)
+                                      cluster.config.perConnectionBufferLimitBytes, request)
         upstream.start()
         return upstream
 

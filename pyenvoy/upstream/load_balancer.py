@@ -93,16 +93,21 @@ class RoundRobin(_HealthAware):
     def __init__(self, hosts: Sequence[Host], panicThreshold: float = DEFAULT_PANIC_THRESHOLD,
                  scope: Any = None) -> None:
         self._setPanic(panicThreshold, scope)
+        self._next = 0
+        self._current: dict[int, int] = {}
         self.setHosts(hosts)
 
     def setHosts(self, hosts: Sequence[Host]) -> None:
         """
-        Take a new host set.
+        Take a new host set.  The rotation goes on where it was, as
+        Envoy's never resets its index: a DNS cluster gets its host list
+        again on every refresh, which must not send the next pick back to
+        the first host.
         """
         self._hosts = list(hosts)
-        self._current = {id(h): 0 for h in self._hosts}
+        current = self._current
+        self._current = {id(h): current.get(id(h), 0) for h in self._hosts}
         self._uniform = len({h.weight for h in self._hosts}) <= 1
-        self._next = 0
         self.refresh()
 
     def refresh(self) -> None:
