@@ -5,9 +5,14 @@ the config checks on C{filter_chain_match}.
 
 from __future__ import annotations
 
+import socket
+import time
 from typing import Any
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP6ClientEndpoint, connectProtocol
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from pyenvoy.config import ConfigErrors, parse
 from pyenvoy.config.reader import Problems, Section
@@ -17,6 +22,10 @@ from pyenvoy.network.chain_match import (
     FilterChainMatch,
     parseFilterChainMatch,
 )
+from pyenvoy.network.connection import unmapAddresses
+from pyenvoy.stats import sanitizeName
+from tests.support.net import Client, Echo, connect, listen, listenerPort, startServer, stat
+from tests.support.net import tcpProxyConfig
 
 L0 = "static_resources.listeners[0]"
 
@@ -287,3 +296,79 @@ class ConfigTests(SynchronousTestCase):
         """
         [(path, message)] = self.errors({"source_type": "LOCAL"})
         self.assertIn("expected one of ANY", message)
+
+
+def _dualStack() -> bool:
+    """
+    Whether a socket bound to C{::} with the OS defaults takes IPv4
+    connections on loopback (Linux C{bindv6only=0}) and C{::1} works.
+    """
+    try:
+        server = socket.socket(socket.AF_INET6)
+    except OSError:
+        return False
+    with server:
+        try:
+            server.bind(("::", 0))
+            server.listen(2)
+            port = server.getsockname()[1]
+            for host in ("127.0.0.1", "::1"):
+                with socket.create_connection((host, port), timeout=2):
+                    pass
+        except OSError:
+            return False
+    return True
+
+
+class DualStackTests(TestCase):
+    """
+    On a C{::} listener an IPv4 client's addresses are IPv4, as Envoy
+    records them on a socket that is not v6-only.
+    """
+
+    def test_unmapAddresses(self) -> None:
+        """
+        Only a v4-mapped local address turns the pair into IPv4.
+        """
+        self.assertEqual(unmapAddresses(("::ffff:10.1.2.3", 5), ("::ffff:127.0.0.1", 80)),
+                         (("10.1.2.3", 5), ("127.0.0.1", 80)))
+        self.assertEqual(unmapAddresses(("::ffff:10.1.2.3", 5), ("::1", 80)),
+                         (("::ffff:10.1.2.3", 5), ("::1", 80)))
+        self.assertEqual(unmapAddresses(("2001:db8::1", 5), ("2001:db8::2", 80)),
+                         (("2001:db8::1", 5), ("2001:db8::2", 80)))
+
+    async def test_ipv4ClientMatchesIpv4Ranges(self) -> None:
+        """
+        An IPv4 client of a C{::} listener matches IPv4 C{prefix_ranges}
+        and C{source_prefix_ranges}; an IPv6 client on the same port does
+        not, and counts C{no_filter_chain_match}.
+        """
+        if not _dualStack():
+            raise SkipTest("no dual-stack IPv6 on loopback")
+        raw = tcpProxyConfig([listen(self, Echo)])
+        listener = raw["static_resources"]["listeners"][0]
+        listener["address"]["socket_address"]["address"] = "::"
+        listener["filter_chains"][0]["filter_chain_match"] = {
+            "prefix_ranges": [cidr("127.0.0.0", 8)],
+            "source_prefix_ranges": [cidr("127.0.0.0", 8)]}
+        server = startServer(self, raw)
+        port = listenerPort(server)
+        noMatch = sanitizeName(server.context.listeners[0].listener.statRoot
+                               + ".no_filter_chain_match")
+        client = await connect(port)
+        client.transport.write(b"ping")
+        deadline = time.monotonic() + 5
+        while (client.data() != b"ping" and not client.closed.called
+               and time.monotonic() < deadline):
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(client.data(), b"ping")
+        self.assertEqual(stat(server, noMatch), 0)
+        client.transport.loseConnection()
+        await client.closed
+        client6 = Client()
+        await connectProtocol(TCP6ClientEndpoint(reactor, "::1", port), client6)
+        deadline = time.monotonic() + 5
+        while not client6.closed.called and time.monotonic() < deadline:
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertTrue(client6.closed.called)
+        self.assertEqual(stat(server, noMatch), 1)

@@ -145,7 +145,7 @@ class ClientSslAuthTests(TestCase):
         The approved client's bytes are echoed; the other client is closed
         and not one of its bytes reaches the upstream.
         """
-        self.api.approved = [self.pki.client.fingerprint256.upper()]
+        self.api.approved = [self.pki.client.fingerprint256]
         server = startServer(self, self.config())
         await self.waitFor(server, f"{PREFIX}.update_success")
         self.assertEqual(stat(server, f"{PREFIX}.total_principals"), 1)
@@ -165,6 +165,21 @@ class ClientSslAuthTests(TestCase):
         await deferLater(reactor, 0.1, lambda: None)
         self.assertEqual(self.echo.received, [])
         self.assertEqual(self.echo.connections, connections)
+
+    async def test_upperCaseFingerprintNeverMatches(self) -> None:
+        """
+        As Envoy, listed fingerprints are compared verbatim with the
+        lower-case digest: an upper-case one admits nobody, and an empty
+        one is not a principal.
+        """
+        self.api.approved = [self.pki.client.fingerprint256.upper(), ""]
+        server = startServer(self, self.config())
+        await self.waitFor(server, f"{PREFIX}.update_success")
+        self.assertEqual(stat(server, f"{PREFIX}.total_principals"), 1)
+        result = await self.attempt(server, self.pki.clientCert, self.pki.clientKey)
+        self.assertNotEqual(result, b"hello")
+        await self.waitFor(server, f"{PREFIX}.auth_digest_no_match")
+        self.assertEqual(stat(server, f"{PREFIX}.auth_digest_match"), 0)
 
     async def test_apiDownKeepsLastList(self) -> None:
         """
@@ -229,14 +244,14 @@ class ClientSslAuthUnitTests(TestCase):
 
     def test_decide(self) -> None:
         """
-        The allowlist wins, then the fingerprint (case-insensitive).
+        The allowlist wins, then the fingerprint, compared exactly.
         """
         import ipaddress
 
         nets = (ipaddress.ip_network("10.0.0.0/8"),)
-        principals = frozenset({"ab" * 32})
+        principals = frozenset({"ab" * 32, "CD" * 32})
         self.assertEqual(decide("10.1.2.3", None, nets, principals), ALLOW_IP)
-        self.assertEqual(decide("192.0.2.1", "AB" * 32, nets, principals), ALLOW_DIGEST)
+        self.assertEqual(decide("192.0.2.1", "ab" * 32, nets, principals), ALLOW_DIGEST)
         self.assertEqual(decide("192.0.2.1", "cd" * 32, nets, principals), DENY_DIGEST)
         self.assertEqual(decide("192.0.2.1", None, (), principals), DENY_DIGEST)
 
@@ -245,10 +260,20 @@ class ClientSslAuthUnitTests(TestCase):
         Extra keys are ignored; a wrong shape raises.
         """
         self.assertEqual(parsePrincipals(
-            b'{"certificates": [{"fingerprint_sha256": "AA", "pem_encoded": "x"}]}'),
+            b'{"certificates": [{"fingerprint_sha256": "aa", "pem_encoded": "x"}]}'),
             frozenset({"aa"}))
         self.assertRaises(ValueError, parsePrincipals, b'{"certs": []}')
         self.assertRaises(ValueError, parsePrincipals, b'{"certificates": [{}]}')
+
+    def test_parsePrincipalsVerbatim(self) -> None:
+        """
+        Fingerprints are kept as listed (not lowercased), empty ones are
+        dropped, and duplicates count once, as Envoy's C{AllowedPrincipals}.
+        """
+        body = json.dumps({"certificates": [
+            {"fingerprint_sha256": "AB" * 32}, {"fingerprint_sha256": "ab" * 32},
+            {"fingerprint_sha256": ""}, {"fingerprint_sha256": "ab" * 32}]}).encode()
+        self.assertEqual(parsePrincipals(body), frozenset({"AB" * 32, "ab" * 32}))
 
     def test_unknownCluster(self) -> None:
         """

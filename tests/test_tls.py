@@ -22,6 +22,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
 from pyenvoy.config import ConfigErrors, parse
+from pyenvoy.network.tls import StringMatch
 from pyenvoy.server import Server
 from pyenvoy.stats import sanitizeName
 from tests.support.certs import issue, makeCA
@@ -228,6 +229,20 @@ class TlsTerminationTests(TestCase):
         self.assertEqual(stat(server, f"{root}.handshake"), 0)
         self.assertEqual(stat(server, f"{root}.connection_error"), 0)
 
+    async def test_requiredWithoutCa(self) -> None:
+        """
+        C{require_client_certificate} without C{trusted_ca} asks for a
+        certificate and refuses clients without one, as Envoy's API says
+        (Envoy's code does not ask); any certificate is then taken, its
+        chain unverified.
+        """
+        server, port, root = self.start(tlsContext(self.pki, require_client_certificate=True))
+        self.assertIsInstance(await self.attempt(port, clientContext(self.pki)), Exception)
+        await self.waitFor(server, f"{root}.fail_verify_no_cert")
+        ctx = clientContext(self.pki, self.pki.strangerCert, self.pki.strangerKey)
+        self.assertEqual(await self.attempt(port, ctx), b"hello")
+        self.assertEqual(stat(server, f"{root}.fail_verify_error"), 0)
+
     async def test_wrongCaRefused(self) -> None:
         """
         A client certificate from another CA fails chain verification.
@@ -252,6 +267,34 @@ class TlsTerminationTests(TestCase):
         server, port, root = self.start(self.mutual(match_typed_subject_alt_names=[
             {"san_type": "URI", "matcher": {"prefix": "spiffe://test/"}}]))
         self.assertEqual(await self.attempt(port, ctx), b"hello")
+
+    async def test_dnsSanExactIgnoresCase(self) -> None:
+        """
+        A DNS C{exact} matcher ignores case even without C{ignore_case},
+        as Envoy's C{dnsNameMatch}: C{CLIENT.Test} admits C{client.test}.
+        """
+        server, port, root = self.start(self.mutual(match_typed_subject_alt_names=[
+            {"san_type": "DNS", "matcher": {"exact": "CLIENT.Test"}}]))
+        ctx = clientContext(self.pki, self.pki.clientCert, self.pki.clientKey)
+        self.assertEqual(await self.attempt(port, ctx), b"hello")
+        self.assertEqual(stat(server, f"{root}.fail_verify_san"), 0)
+
+    async def test_defaultGroups(self) -> None:
+        """
+        Only Envoy's default groups, X25519 and P-256, are accepted: a
+        client offering P-384 alone is refused (C{connection_error}), one
+        offering P-256 alone gets through and counts C{curves.P-256}.
+        """
+        server, port, root = self.start(tlsContext(self.pki))
+        ctx = clientContext(self.pki)
+        ctx.set_ecdh_curve("secp384r1")
+        self.assertIsInstance(await self.attempt(port, ctx), Exception)
+        await self.waitFor(server, f"{root}.connection_error")
+        self.assertEqual(stat(server, f"{root}.handshake"), 0)
+        ctx = clientContext(self.pki)
+        ctx.set_ecdh_curve("prime256v1")
+        self.assertEqual(await self.attempt(port, ctx), b"hello")
+        await self.waitFor(server, f"{root}.curves.P-256")
 
     async def test_pinMismatchRefused(self) -> None:
         """
@@ -532,6 +575,19 @@ class TlsConfigTests(TestCase):
         self.assertError(context, f"{TS}.common_tls_context.validation_context.crl",
                          "not supported by pyenvoy yet")
 
+    def test_sanWithoutCa(self) -> None:
+        """
+        SAN matchers without C{trusted_ca} are refused on a listener too,
+        as Envoy does, at the matchers' path.
+        """
+        context = tlsContext(self.pki, {"match_typed_subject_alt_names": [
+            {"san_type": "URI", "matcher": {"prefix": "spiffe://test/"}}]},
+            require_client_certificate=True)
+        self.assertError(context, f"{TS}.common_tls_context.validation_context"
+                                  ".match_typed_subject_alt_names",
+                         "SAN-based verification of peer certificates without trusted CA "
+                         "is insecure and not allowed")
+
     def test_wrongType(self) -> None:
         """
         An UpstreamTlsContext on a listener is refused at its C{@type}.
@@ -548,3 +604,82 @@ class TlsConfigTests(TestCase):
         raw["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] = {
             "name": "envoy.transport_sockets.raw_buffer"}
         self.assertIsNone(parse(raw).listeners[0].filterChains[0].tls)
+
+
+class SanMatchTests(TestCase):
+    """
+    SAN matchers as Envoy's C{StringSanMatcher}: DNS C{exact} follows
+    C{dnsNameMatch}, everything else the plain C{StringMatcher}.
+    """
+
+    def dns(self, value: str, san: str, ignoreCase: bool = False) -> bool:
+        """
+        Whether a DNS SAN C{san} passes an C{exact: value} matcher.
+        """
+        return StringMatch("exact", value, ignoreCase).matches(san, True)
+
+    def test_dnsExactIgnoresCase(self) -> None:
+        """
+        DNS C{exact} ignores ASCII case whatever C{ignore_case} says.
+        """
+        self.assertTrue(self.dns("Client.Example.COM", "client.example.com"))
+        self.assertTrue(self.dns("client.example.com", "*.EXAMPLE.com"))
+        self.assertTrue(self.dns("a.example.com", "A.example.com", ignoreCase=True))
+
+    def test_dnsWildcardInLeftLabel(self) -> None:
+        """
+        A C{*} in the SAN's left-most label may have a prefix or suffix
+        inside that label, and covers one label.
+        """
+        self.assertTrue(self.dns("foobar.example.com", "foo*.example.com"))
+        self.assertTrue(self.dns("foo.example.com", "foo*.example.com"))
+        self.assertTrue(self.dns("foobar.example.com", "*bar.example.com"))
+        self.assertTrue(self.dns("foo-x-bar.example.com", "foo*bar.example.com"))
+        self.assertTrue(self.dns("www.example.com", "*.example.com"))
+        self.assertFalse(self.dns("bazbar.example.com", "foo*.example.com"))
+        self.assertFalse(self.dns("foo.example.com", "*bar.example.com"))
+        self.assertFalse(self.dns("fobar.example.com", "foo*bar.example.com"))
+        self.assertFalse(self.dns("foobar.example.com", "f*o*.example.com"))
+
+    def test_dnsWildcardOneLabelOnly(self) -> None:
+        """
+        The wildcard never spans several labels, never stands for no label,
+        and only counts in the left-most label.
+        """
+        self.assertFalse(self.dns("a.b.example.com", "*.example.com"))
+        self.assertFalse(self.dns("example.com", "*.example.com"))
+        self.assertFalse(self.dns("www.example.com", "www.*.com"))
+        self.assertFalse(self.dns("www.example.com", "*.*.com"))
+        self.assertFalse(self.dns("com", "*"))
+
+    def test_dnsWildcardNotInALabel(self) -> None:
+        """
+        A wildcard in an A-label (C{xn--}) matches nothing but itself.
+        """
+        self.assertFalse(self.dns("xn--bcher-kva.example.com", "xn--*.example.com"))
+        self.assertFalse(self.dns("xn--bcher-kva.example.com", "xn--bcher*.example.com"))
+        self.assertTrue(self.dns("xn--bcher-kva.example.com", "*.example.com"))
+        self.assertTrue(self.dns("xn--bcher-kva.example.com", "XN--BCHER-KVA.example.com"))
+        self.assertTrue(self.dns("xn--*.example.com", "xn--*.example.com"))
+
+    def test_otherMatchersUnchanged(self) -> None:
+        """
+        Other SAN types and other matcher kinds keep C{StringMatcher}
+        semantics: case-sensitive unless C{ignore_case}, no wildcards.
+        """
+        uri = StringMatch("exact", "spiffe://Test/x")
+        self.assertFalse(uri.matches("spiffe://test/x"))
+        self.assertTrue(StringMatch("exact", "spiffe://Test/x", True).matches("spiffe://test/x"))
+        self.assertFalse(StringMatch("prefix", "WWW.").matches("www.example.com", True))
+        self.assertTrue(StringMatch("prefix", "WWW.", True).matches("www.example.com", True))
+        self.assertFalse(StringMatch("suffix", ".example.com").matches("*.Example.com", True))
+        self.assertFalse(StringMatch("exact", "www.example.com").matches("*.example.com"))
+
+    def test_safeRegexIgnoresIgnoreCase(self) -> None:
+        """
+        C{ignore_case} has no effect on C{safe_regex}, as in Envoy.
+        """
+        regex = StringMatch("safe_regex", r"client\.test", ignoreCase=True)
+        self.assertTrue(regex.matches("client.test"))
+        self.assertFalse(regex.matches("CLIENT.test"))
+        self.assertFalse(regex.matches("CLIENT.test", True))

@@ -247,6 +247,22 @@ class NegotiatedCountersTests(TestCase):
                      "no_certificate"):
             self.assertEqual(store.counter(sanitizeName("ssl." + name)).value, 2, name)
 
+    def test_defaultGroupIsX25519(self) -> None:
+        """
+        A client offering OpenSSL 4's defaults (X25519MLKEM768 first) gets
+        X25519, Envoy's first default group, counted as C{curves.X25519}.
+        """
+        directory = self.mktemp()
+        os.makedirs(directory)
+        store = Store()
+        server = serverTls(Pki(directory), store)
+        layer = ServerTlsLayer(TlsSession(server, StreamInfo(0.0, 0.0)))
+        LayerTests.handshake(self, layer, clientConnection())  # type: ignore[arg-type]
+        layer.session.handshakeCompleted()
+        self.assertEqual(store.counter(sanitizeName("ssl.curves.X25519")).value, 1)
+        self.assertEqual([name for name in server.stats if name.startswith("curves.")],
+                         ["curves.X25519"])
+
 
 def pyOpenSslExchange(port: int, payload: bytes) -> tuple[bytes, str]:
     """

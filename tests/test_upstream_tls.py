@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from OpenSSL import SSL, crypto
+from OpenSSL._util import lib as opensslLib
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
@@ -63,13 +64,17 @@ class TlsEcho(Protocol):
 class _ServerContextFactory:
     """
     A pyOpenSSL server context for C{listenSSL} that records the SNI and
-    the client certificate subject it saw.
+    the client certificate subject it saw; C{groups} (OpenSSL names,
+    C{:}-separated) limits its key-exchange groups.
     """
 
-    def __init__(self, pki: Pki, requireClientCert: bool = False) -> None:
+    def __init__(self, pki: Pki, requireClientCert: bool = False,
+                 groups: bytes | None = None) -> None:
         self.serverNames: list[bytes | None] = []
         self.peerSubjects: list[str] = []
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
+        if groups is not None:
+            assert opensslLib.SSL_CTX_set1_curves_list(ctx._context, groups) == 1
         ctx.use_certificate(crypto.X509.from_cryptography(pki.server.certificate))
         ctx.use_privatekey(crypto.PKey.from_cryptography_key(pki.server.key))
         ctx.set_tlsext_servername_callback(
@@ -119,11 +124,12 @@ class UpstreamTlsTests(TestCase):
         os.makedirs(directory)
         self.pki = Pki(directory)
 
-    def tlsEcho(self, requireClientCert: bool = False) -> tuple[int, _ServerContextFactory]:
+    def tlsEcho(self, requireClientCert: bool = False,
+                groups: bytes | None = None) -> tuple[int, _ServerContextFactory]:
         """
         Start a TLS echo server; return its port and context factory.
         """
-        contextFactory = _ServerContextFactory(self.pki, requireClientCert)
+        contextFactory = _ServerContextFactory(self.pki, requireClientCert, groups)
         port = reactor.listenSSL(0, Factory.forProtocol(TlsEcho), contextFactory,
                                  interface="127.0.0.1")
         self.addCleanup(port.stopListening)
@@ -205,6 +211,33 @@ class UpstreamTlsTests(TestCase):
         self.assertEqual(client.data(), b"")
         self.assertEqual(stat(server, f"{ROOT}.fail_verify_san"), 1)
         self.assertEqual(stat(server, f"{ROOT}.connection_error"), 0)
+
+    async def test_defaultGroups(self) -> None:
+        """
+        The cluster offers Envoy's default groups only: an upstream that
+        takes P-384 alone fails the connect (C{connection_error}); one with
+        OpenSSL 4's defaults (X25519MLKEM768 first) negotiates X25519 over
+        TLS 1.3.
+        """
+        port, ctx = self.tlsEcho(groups=b"P-384")
+        server = self.start(port, upstreamTls(self.pki))
+        client = await self.roundTrip(server)
+        refused = client.closed.called
+        client.transport.loseConnection()
+        await client.closed
+        self.assertTrue(refused)
+        self.assertEqual(client.data(), b"")
+        self.assertEqual(stat(server, f"{ROOT}.connection_error"), 1)
+        self.assertEqual(stat(server, f"{ROOT}.handshake"), 0)
+        port, ctx = self.tlsEcho()
+        server = self.start(port, upstreamTls(self.pki, common_tls_context={
+            "tls_params": {"tls_maximum_protocol_version": "TLSv1_3"}}))
+        client = await self.roundTrip(server)
+        self.assertEqual(client.data(), b"hello tls")
+        self.assertEqual(stat(server, f"{ROOT}.versions.TLSv1.3"), 1)
+        self.assertEqual(stat(server, f"{ROOT}.curves.X25519"), 1)
+        client.transport.loseConnection()
+        await client.closed
 
     async def test_mutualTls(self) -> None:
         """

@@ -68,6 +68,9 @@ def decide(remoteIp: str | None, fingerprint: str | None, allowlist: tuple[IPNet
     """
     Envoy's verdict for a peer whose TLS handshake is done: the name of the
     stat to count, L{ALLOW_IP}, L{ALLOW_DIGEST} or L{DENY_DIGEST}.
+
+    C{fingerprint} (lower-case hex) is looked up exactly, as Envoy does: an
+    upper-case entry in C{principals} never matches.
     """
     if remoteIp is not None and allowlist:
         try:
@@ -76,7 +79,7 @@ def decide(remoteIp: str | None, fingerprint: str | None, allowlist: tuple[IPNet
             address = None
         if address is not None and any(address in net for net in allowlist):
             return ALLOW_IP
-    if fingerprint and fingerprint.lower() in principals:
+    if fingerprint and fingerprint in principals:
         return ALLOW_DIGEST
     return DENY_DIGEST
 
@@ -84,7 +87,9 @@ def decide(remoteIp: str | None, fingerprint: str | None, allowlist: tuple[IPNet
 def parsePrincipals(body: bytes) -> frozenset[str]:
     """
     The fingerprints of an auth API answer,
-    C{{"certificates": [{"fingerprint_sha256": "<hex>"}, ...]}}.
+    C{{"certificates": [{"fingerprint_sha256": "<hex>"}, ...]}}, kept
+    verbatim (not lowercased) and without empty strings, as Envoy's
+    C{AllowedPrincipals}: its size is Envoy's C{total_principals}.
 
     @raise ValueError: if the body is not that shape.
     """
@@ -96,7 +101,8 @@ def parsePrincipals(body: bytes) -> frozenset[str]:
         digest = entry.get("fingerprint_sha256") if isinstance(entry, dict) else None
         if not isinstance(digest, str):
             raise ValueError("a certificate without a string 'fingerprint_sha256'")
-        found.add(digest.lower())
+        if digest:
+            found.add(digest)
     return frozenset(found)
 
 

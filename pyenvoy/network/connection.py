@@ -9,6 +9,7 @@ C{endStream}, and C{write(..., endStream=True)} shuts our write side.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Callable
 
 from twisted.internet import tcp
@@ -40,6 +41,39 @@ def peerTuple(address: Any) -> tuple[str, int] | None:
     if host is None or port is None:
         return None
     return (host, port)
+
+
+def _unmapped(address: tuple[str, int]) -> tuple[str, int] | None:
+    """
+    C{address} with its IPv4-mapped IPv6 host (C{::ffff:a.b.c.d}) as
+    IPv4, or C{None} if it is not one.
+    """
+    try:
+        mapped = ipaddress.IPv6Address(address[0]).ipv4_mapped
+    except ValueError:
+        return None
+    return None if mapped is None else (str(mapped), address[1])
+
+
+def unmapAddresses(remote: tuple[str, int] | None, local: tuple[str, int] | None
+                   ) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+    """
+    C{(remote, local)} as Envoy records an accepted connection's addresses:
+    on a dual-stack socket (IPv6, not v6-only: a C{::} listener) an IPv4
+    client's C{::ffff:a.b.c.d} addresses become plain IPv4, as Envoy's
+    C{addressFromSockAddr} does when C{v6only} is false, so that IPv4
+    C{prefix_ranges}, C{source_prefix_ranges} and allowlists match them.
+    A v6-only socket never has a v4-mapped local address, so the local
+    address alone decides (as Envoy decides the remote's by the local's).
+    """
+    if local is None or not local[0].startswith("::ffff:"):
+        return remote, local
+    unmappedLocal = _unmapped(local)
+    if unmappedLocal is None:
+        return remote, local
+    if remote is not None:
+        remote = _unmapped(remote) or remote
+    return remote, unmappedLocal
 
 
 def formatAddress(address: tuple[str, int] | None) -> str:
@@ -121,11 +155,13 @@ class Connection(Protocol):
         if isinstance(transport, tcp.Server) and peer is not None:
             # The accepted socket's own addresses: no address objects to
             # build and take apart again for every connection.
-            info.downstreamRemoteAddress = peer[:2]
-            info.downstreamLocalAddress = transport.socket.getsockname()[:2]
+            remote, local = peer[:2], transport.socket.getsockname()[:2]
         else:
-            info.downstreamRemoteAddress = peerTuple(transport.getPeer())
-            info.downstreamLocalAddress = peerTuple(transport.getHost())
+            remote, local = peerTuple(transport.getPeer()), peerTuple(transport.getHost())
+        if local is not None and local[0].startswith("::ffff:"):
+            remote, local = unmapAddresses(remote, local)
+        info.downstreamRemoteAddress = remote
+        info.downstreamLocalAddress = local
         self.open = True
         self.listener.connectionOpened(self)
         self._listenerPhase = self.listener.startListenerFilters(self)

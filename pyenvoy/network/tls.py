@@ -69,6 +69,11 @@ DEFAULT_SERVER_CIPHERS = (
     "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
 )
 
+#: Envoy's default key-exchange groups (C{ecdh_curves}), for servers and
+#: clients alike; without them OpenSSL would also offer and accept its own
+#: defaults (X25519MLKEM768, P-384, X448, ...).
+DEFAULT_CURVES = ("X25519", "P-256")
+
 #: OpenSSL's group names as BoringSSL (and so Envoy's C{ssl.curves.*}) spells them.
 _CURVE_NAMES = {
     "x25519": "X25519", "prime256v1": "P-256", "secp256r1": "P-256",
@@ -111,34 +116,62 @@ class StringMatch:
     An Envoy C{type.matcher.v3.StringMatcher}.
 
     @ivar kind: C{exact}, C{prefix}, C{suffix}, C{contains} or C{safe_regex}.
+    @ivar ignoreCase: for all kinds but C{safe_regex}, where Envoy ignores it.
     """
 
     kind: str
     value: str
     ignoreCase: bool = False
 
-    def matches(self, candidate: str, dnsWildcard: bool = False) -> bool:
+    def matches(self, candidate: str, dnsSan: bool = False) -> bool:
         """
-        Whether C{candidate} matches; with C{dnsWildcard} an exact match
-        also lets a C{*.example.com} candidate cover one label (RFC 6125).
+        Whether C{candidate} matches.  With C{dnsSan} (a DNS SAN) an C{exact}
+        matcher follows Envoy's DNS semantics instead (L{dnsNameMatch}).
         """
         value = self.value
         if self.kind == "safe_regex":
-            flags = re.IGNORECASE if self.ignoreCase else 0
-            return re.fullmatch(value, candidate, flags) is not None
+            return re.fullmatch(value, candidate) is not None
+        if self.kind == "exact" and dnsSan:
+            return dnsNameMatch(value, candidate)
         if self.ignoreCase:
             value, candidate = value.lower(), candidate.lower()
         if self.kind == "exact":
-            if candidate == value:
-                return True
-            if dnsWildcard and candidate.startswith("*.") and "." in value:
-                return value.split(".", 1)[1] == candidate[2:] and "*" not in value
-            return False
+            return candidate == value
         if self.kind == "prefix":
             return candidate.startswith(value)
         if self.kind == "suffix":
             return candidate.endswith(value)
         return value in candidate
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def dnsNameMatch(name: str, pattern: str) -> bool:
+    """
+    Whether DNS name C{name} matches C{pattern} (a certificate's DNS SAN),
+    as Envoy's C{Utility::dnsNameMatch}: ASCII case never matters, and a
+    C{*} in the left-most label of C{pattern} only (C{*.example.com},
+    C{foo*.example.com}, C{*bar.example.com}) stands for one whole label
+    or part of it, never in an A-label (C{xn--}).
+    """
+    name, pattern = name.translate(_ASCII_LOWER), pattern.translate(_ASCII_LOWER)
+    if name == pattern:
+        return True
+    patternLabel, dot, patternRest = pattern.partition(".")
+    nameLabel, nameDot, nameRest = name.partition(".")
+    if not dot or not nameDot:
+        return False
+    if ("*" not in patternLabel or "*" in patternRest
+            or patternLabel.startswith("xn--") or nameRest != patternRest):
+        return False
+    if patternLabel == "*":
+        return True
+    if patternLabel.count("*") != 1:
+        return False
+    before, after = patternLabel.split("*")
+    return (len(patternLabel) <= len(nameLabel) + 1 and nameLabel.startswith(before)
+            and nameLabel.endswith(after))
 
 
 @dataclass(frozen=True)
@@ -324,6 +357,12 @@ def _parseValidation(section: Section) -> tuple[Any, ...]:
             section.problems.add(path, "expected a base64 SHA-256 SPKI hash (44 characters)")
         else:
             spkis.append(digest)
+    if sans and caSection is None:
+        # Envoy's DefaultCertValidator refuses this for listeners and
+        # clusters alike.
+        section.error("SAN-based verification of peer certificates without "
+                      "trusted CA is insecure and not allowed",
+                      "match_typed_subject_alt_names")
     section.finish(unsupported=_VALIDATION_UNSUPPORTED)
     return trusted, tuple(sans), tuple(hashes), tuple(spkis)
 
@@ -372,6 +411,19 @@ def _trustCas(ctx: SSL.Context, cas: Any) -> None:
     for der in cas:
         store.add_cert(crypto.X509.from_cryptography(x509.load_der_x509_certificate(der)))
     store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+
+
+def _setGroups(ctx: SSL.Context, groups: tuple[str, ...] = DEFAULT_CURVES) -> None:
+    """
+    Limit C{ctx}'s key-exchange groups to C{groups}, in that order of
+    preference (pyOpenSSL has no setter: C{SSL_CTX_set1_curves_list} is
+    OpenSSL's C{SSL_CTX_set1_groups_list}).
+
+    @raise SSL.Error: if OpenSSL refuses the list.
+    """
+    names = ":".join(groups).encode("ascii")
+    if _lib.SSL_CTX_set1_curves_list(ctx._context, names) != 1:  # type: ignore[attr-defined]
+        _raiseErrorQueue(SSL.Error)
 
 
 def _cipherKnown(name: str) -> bool:
@@ -560,6 +612,7 @@ def buildContext(config: DownstreamTlsConfig) -> SSL.Context:
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE
                     | SSL.OP_NO_RENEGOTIATION)
     ctx.set_cipher_list(":".join(config.cipherSuites).encode("ascii"))
+    _setGroups(ctx)
     _useIdentity(ctx, config.certificateChain, config.privateKey)
     _trustCas(ctx, config.trustedCa)
     if config.trustedCa is not None or config.clientCertificateRequired:
@@ -840,7 +893,7 @@ class TlsSession:
         leaf = cert.to_cryptography()
         if config.sanMatchers:
             sans = _sans(leaf)
-            if not any(m.matcher.matches(value, dnsWildcard=m.sanType == "DNS")
+            if not any(m.matcher.matches(value, dnsSan=m.sanType == "DNS")
                        for m in config.sanMatchers for value in sans[m.sanType]):
                 return self._fail("fail_verify_san", "verify cert failed: SAN matcher")
         if config.certificateHashes or config.spkiHashes:
@@ -949,9 +1002,11 @@ def _groupName(connection: SSL.Connection) -> str | None:
 
 
 try:
+    from OpenSSL._util import exception_from_error_queue as _raiseErrorQueue
     from OpenSSL._util import ffi as _ffi, lib as _lib
 except ImportError:  # pragma: no cover - pyOpenSSL always has it today
     _ffi = _lib = None
+    _raiseErrorQueue = None  # type: ignore[assignment]
 #: Whether pyOpenSSL's bindings expose C{SSL_SESSION_get_id} (the
 #: session id for C{%DOWNSTREAM_TLS_SESSION_ID%}); recent ones do not.
 _HAVE_SESSION_ID = _lib is not None and hasattr(_lib, "SSL_SESSION_get_id")
@@ -1281,11 +1336,6 @@ def parseUpstreamTlsContext(section: Section) -> UpstreamTlsConfig | None:
         if validation is not None:
             watched.append(validation.raw.get("trusted_ca"))
             trusted, sans, hashes, spkis = _parseValidation(validation)
-            if sans and trusted is None:
-                # Envoy's DefaultCertValidator refuses this too.
-                validation.error("SAN-based verification of peer certificates without "
-                                 "trusted CA is insecure and not allowed",
-                                 "match_typed_subject_alt_names")
         params = common.section("tls_params")
         if params is not None:
             low = params.enum("tls_minimum_protocol_version", _VERSION_CHOICES, "TLS_AUTO")
@@ -1331,6 +1381,7 @@ def buildClientContext(config: UpstreamTlsConfig) -> SSL.Context:
     ctx.set_max_proto_version(config.maxVersion)
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | SSL.OP_NO_TICKET)
     ctx.set_cipher_list(":".join(config.cipherSuites).encode("ascii"))
+    _setGroups(ctx)
     if config.certificateChain and config.privateKey is not None:
         _useIdentity(ctx, config.certificateChain, config.privateKey)
     _trustCas(ctx, config.trustedCa)
