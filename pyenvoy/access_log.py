@@ -110,14 +110,15 @@ def _splitTime(t: float) -> tuple[int, int]:
     """
     Whole seconds and nanoseconds of an epoch time, taking the digits of
     the float's shortest repr so that C{.123} prints as C{123} and not
-    C{122999906}.
+    C{122999906}; to the microsecond, as Envoy's clock (finer digits of a
+    float are noise).
     """
     text = repr(float(t))
     if t >= 0 and "e" not in text and "n" not in text:
         whole, _, frac = text.partition(".")
-        return int(whole), int((frac + "000000000")[:9])
+        return int(whole), int((frac + "000000")[:6]) * 1000
     secs = int(t // 1)
-    return secs, int(round((t - secs) * 1e9)) % 1_000_000_000
+    return secs, int(round((t - secs) * 1e6)) % 1_000_000 * 1000
 
 
 def _offset(seconds: int, withColon: bool, withSeconds: bool) -> str:

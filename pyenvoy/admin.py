@@ -58,7 +58,7 @@ _SENSITIVE = frozenset({
 _REDACTED = "[redacted]"
 
 #: Per-host stats that are gauges (the others are counters).
-_HOST_GAUGES = frozenset({"cx_active", "rq_active"})
+_HOST_GAUGES = frozenset({"cx_active", "rq_active", "rq_pending_active"})
 
 #: Query parameters, as C{urllib.parse.parse_qs} gives them (a parameter
 #: without a value, like C{?usedonly}, is kept).
@@ -106,6 +106,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("/stats", "print server stats", "stats", params=(
         ("usedonly", "Only include non-zero counters and gauges and histograms with values"),
         ("filter", "Regular expression (Python re, partial match) for filtering stats"),
+        ("invert_filter", "Show only stats that do not match the filter"),
         ("format", "Format to use; One of (text, json, prometheus)"),
         ("type", "Stat types to include; One of (All, Counters, Gauges, Histograms, "
                  "TextReadouts)"),
@@ -127,7 +128,8 @@ def helpText() -> str:
     """
     lines = ["admin commands are:\n"]
     for endpoint in ENDPOINTS:
-        lines.append(f"  {endpoint.path}: {endpoint.help}\n")
+        post = " (POST)" if endpoint.post else ""
+        lines.append(f"  {endpoint.path}{post}: {endpoint.help}\n")
         lines.extend(f"      {name}: {text}\n" for name, text in endpoint.params)
     return "".join(lines)
 
@@ -186,6 +188,21 @@ def _param(params: Params, name: str) -> str | None:
     """
     values = params.get(name)
     return values[0] if values else None
+
+
+class _Inverted:
+    """
+    A C{filter} with C{invert_filter}: what the pattern does not match.
+    """
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self._pattern = pattern
+
+    def search(self, name: str) -> bool | None:
+        """
+        Like C{re.Pattern.search}: C{None} for no match.
+        """
+        return None if self._pattern.search(name) else True
 
 
 def _filterParam(params: Params) -> re.Pattern[str] | None:
@@ -376,7 +393,9 @@ class AdminResource(Resource):
             method = request.method.decode("ascii", "replace")
             return self._respond(request, f"Method {method} not allowed, POST required.",
                                  code=405)
-        query = urlsplit(request.uri).query.decode("utf-8", "replace")
+        # A "+" is itself, as for Envoy (a regex like ".+" must survive),
+        # not form encoding's space.
+        query = urlsplit(request.uri).query.decode("utf-8", "replace").replace("+", "%2B")
         return getattr(self, "_" + endpoint.handler)(
             request, parse_qs(query, keep_blank_values=True))
 
@@ -447,6 +466,8 @@ class AdminResource(Resource):
             pattern = _filterParam(params)
         except re.error as e:
             return self._respond(request, f'Invalid regex: "{e}"\n', code=400)
+        if pattern is not None and "invert_filter" in params:
+            pattern = _Inverted(pattern)
         self.context.refreshServerGauges()
         usedOnly = "usedonly" in params
         if outputFormat == "json":
@@ -471,7 +492,13 @@ class AdminResource(Resource):
         """
         C{/clusters}: C{name::key::value} lines, or admin.v3.Clusters JSON.
         """
-        clusters = self.context.clusterManager.clusters.values()
+        clusters = list(self.context.clusterManager.clusters.values())
+        try:
+            pattern = _filterParam(params)
+        except re.error as e:
+            return self._respond(request, f'Invalid regex: "{e}"\n', code=400)
+        if pattern is not None:
+            clusters = [c for c in clusters if pattern.search(c.name)]
         if _param(params, "format") == "json":
             return self._json(request, {"cluster_statuses": [_clusterJson(c) for c in clusters]})
         return self._respond(request, "".join(line for c in clusters for line in _clusterText(c)))

@@ -92,8 +92,11 @@ class ServerContext:
         """
         store = self.store
         store.gauge("server.uptime").value = self.uptime()
-        store.gauge("server.live").value = int(self.state == "LIVE")
-        store.gauge("server.state").value = {"LIVE": 0, "DRAINING": 1}.get(self.state, 2)
+        # POST /healthcheck/fail drains, for these gauges too (Envoy's
+        # failHealthcheck sets server.live 0, and its state is DRAINING).
+        state = "DRAINING" if self.state == "LIVE" and self.healthCheckFailed else self.state
+        store.gauge("server.live").value = int(state == "LIVE")
+        store.gauge("server.state").value = {"LIVE": 0, "DRAINING": 1}.get(state, 2)
         store.gauge("server.total_connections").value = sum(
             len(s.listener.connections) for s in self.listeners)
 

@@ -344,6 +344,14 @@ class StartTimeTests(SynchronousTestCase):
         self.assertEqual(text("%START_TIME(%s.%3f|%6f|%9f|%f|%1f)%"),
                          "1795659197.123|123000|123000000|123000000|1")
 
+    def test_microsecondClock(self) -> None:
+        """
+        Times carry microseconds, as Envoy's clock: a float's digits past
+        the sixth are noise and print as zeros.
+        """
+        info = StreamInfo(1764158400.8592482, 50.0)
+        self.assertEqual(text("%START_TIME(%f)%", info), "859248000")
+
     def test_strftime(self) -> None:
         """Other specifiers are strftime's, in UTC."""
         self.assertEqual(text("%START_TIME(%Y/%m/%dT%H:%M:%S%z %a)%"),

@@ -115,7 +115,10 @@ class AdminTests(TestCase):
         self.assertEqual((code, contentType), (200, "text/plain; charset=UTF-8"))
         self.assertTrue(body.startswith("admin commands are:\n  /: Admin home page\n"))
         for endpoint in ENDPOINTS:
-            self.assertIn(f"  {endpoint.path}: {endpoint.help}\n", body)
+            # Envoy marks the state-changing endpoints.
+            post = " (POST)" if endpoint.post else ""
+            self.assertIn(f"  {endpoint.path}{post}: {endpoint.help}\n", body)
+        self.assertIn("  /healthcheck/fail (POST): ", body)
         self.assertIn("      usedonly: ", body)
 
     async def test_unknownPath(self) -> None:
@@ -158,6 +161,30 @@ class AdminTests(TestCase):
             "cluster.backend_stats.upstream_cx_length_ms: No recorded values",
             "listener.127.0.0.1_0.downstream_cx_length_ms: No recorded values",
         ])
+
+    async def test_statsFilterPlusAndInvert(self) -> None:
+        """
+        A C{+} in the query is a C{+} (Envoy's C{filter=^server.upt.+}), not
+        form encoding's space; C{invert_filter} shows what does not match.
+        """
+        _, _, body = await self.request("/stats?filter=^server.upt.+")
+        self.assertTrue(body.startswith("server.uptime: "), body)
+        _, _, body = await self.request("/stats/prometheus?filter=server.uptim.+")
+        self.assertIn("envoy_server_uptime{} ", body)
+        _, _, body = await self.request("/stats?filter=^server%5C.&invert_filter")
+        self.assertNotIn("server.", body)
+        self.assertIn("cluster.backend_stats.upstream_cx_total: ", body)
+
+    async def test_clustersFilter(self) -> None:
+        """
+        C{/clusters?filter=} keeps the clusters whose name matches.
+        """
+        _, _, body = await self.request("/clusters?filter=^nomatch$")
+        self.assertEqual(body, "")
+        _, _, body = await self.request("/clusters?filter=back")
+        self.assertTrue(body.startswith("backend::"))
+        data = await self.json("/clusters?format=json&filter=^nomatch$")
+        self.assertEqual(data, {"cluster_statuses": []})
 
     async def test_statsBadParameters(self) -> None:
         """
@@ -223,12 +250,13 @@ class AdminTests(TestCase):
             "backend::high_priority::max_retries::3",
             "backend::added_via_api::false",
         ])
-        self.assertEqual(lines[10:28], [
+        self.assertEqual(lines[10:29], [
             "backend::127.0.0.1:7001::cx_active::0",
             "backend::127.0.0.1:7001::cx_connect_fail::0",
             "backend::127.0.0.1:7001::cx_total::3",
             "backend::127.0.0.1:7001::rq_active::0",
             "backend::127.0.0.1:7001::rq_error::0",
+            "backend::127.0.0.1:7001::rq_pending_active::0",
             "backend::127.0.0.1:7001::rq_success::0",
             "backend::127.0.0.1:7001::rq_timeout::0",
             "backend::127.0.0.1:7001::rq_total::0",
@@ -243,7 +271,7 @@ class AdminTests(TestCase):
             "backend::127.0.0.1:7001::success_rate::-1",
             "backend::127.0.0.1:7001::local_origin_success_rate::-1",
         ])
-        self.assertEqual(len(lines), 46)
+        self.assertEqual(len(lines), 48)
         self.assertEqual(lines[-1], "backend::127.0.0.1:7002::local_origin_success_rate::-1")
 
     async def test_clustersJson(self) -> None:
@@ -376,10 +404,15 @@ class AdminTests(TestCase):
         code, _, body = await self.request("/ready")
         self.assertEqual((code, body), (503, "DRAINING\n"))
         self.assertEqual((await self.json("/server_info"))["state"], "DRAINING")
+        # The gauges follow, as Envoy's failHealthcheck sets them.
+        _, _, body = await self.request("/stats?filter=^server%5C.(live|state)$")
+        self.assertEqual(body, "server.live: 0\nserver.state: 1\n")
         code, _, body = await self.request("/healthcheck/ok", b"POST")
         self.assertEqual((code, body), (200, "OK\n"))
         self.assertFalse(self.context.healthCheckFailed)
         self.assertEqual((await self.request("/ready"))[0], 200)
+        _, _, body = await self.request("/stats?filter=^server%5C.(live|state)$")
+        self.assertEqual(body, "server.live: 1\nserver.state: 0\n")
 
     async def test_mutationsNeedPost(self) -> None:
         """

@@ -150,6 +150,27 @@ class DataIntegrityTests(TestCase):
         self.assertEqual((host.stats.rq_active, host.stats.rq_success, host.stats.rq_error),
                          (0, 0, 0))
 
+    async def test_timeHistogramsInWholeMilliseconds(self) -> None:
+        """
+        Connection times are recorded in whole milliseconds, as Envoy's
+        timespans record them (a sub-millisecond connection counts as 0,
+        in the lowest bucket).
+        """
+        port = listen(self, Echo)
+        server = startServer(self, tcpProxyConfig([port]))
+        client = await connect(listenerPort(server))
+        client.transport.write(b"x")
+        await waitFor(lambda: client.data() == b"x")
+        client.transport.loseConnection()
+        await client.closed
+        store = server.context.store
+        names = ("cluster.backend.upstream_cx_connect_ms", "cluster.backend.upstream_cx_length_ms")
+        await waitFor(lambda: all(store.get(n).count for n in names))
+        listener = [h for h in store if h.name.endswith("downstream_cx_length_ms")]
+        await waitFor(lambda: listener[0].count == 1)
+        for histogram in [store.get(n) for n in names] + listener:
+            self.assertEqual(histogram.sum, int(histogram.sum), histogram.name)
+
     async def test_halfCloseFromUpstream(self) -> None:
         """
         An upstream FIN reaches the client as end of stream while the

@@ -240,7 +240,8 @@ class ActiveListener(Factory):
         self.cxDestroy.value += 1
         self.cxActive.value -= 1
         info = connection.streamInfo
-        self.cxLength.record(((info.endMonotonic or 0) - info.startMonotonic) * 1000)
+        # Whole milliseconds, as Envoy's timespans record them.
+        self.cxLength.record(int(((info.endMonotonic or 0) - info.startMonotonic) * 1000))
         if not self.connections and self._drained:
             waiters, self._drained = self._drained, []
             for waiter in waiters:

@@ -101,6 +101,7 @@ class UpstreamConnection:
         if request:
             stats.upstream_rq_pending_total.value += 1
             stats.upstream_rq_pending_active.value += 1
+            host.stats.rq_pending_active += 1
         host.stats.cx_total += 1
         host.stats.cx_active += 1
         cluster.connectionAdded()
@@ -184,13 +185,15 @@ class UpstreamConnection:
         if self.request:
             stats = self.cluster.stats
             stats.upstream_rq_pending_active.value -= 1
+            self.host.stats.rq_pending_active -= 1
             stats.upstream_rq_total.value += 1
             stats.upstream_rq_active.value += 1
             self.host.stats.rq_total += 1
             self.host.stats.rq_active += 1
         now = self.reactor.seconds()
         self._connectedAt = now
-        self.cluster.stats.upstream_cx_connect_ms.record((now - self._started) * 1000)
+        # Whole milliseconds, as Envoy's timespans record them.
+        self.cluster.stats.upstream_cx_connect_ms.record(int((now - self._started) * 1000))
         transport = protocol.transport
         transport.bufferSize = min(self.bufferLimit, 65536)
         self._send = directWriter(transport)
@@ -224,6 +227,7 @@ class UpstreamConnection:
         self.host.stats.cx_connect_fail += 1
         if self.request:
             stats.upstream_rq_pending_active.value -= 1
+            self.host.stats.rq_pending_active -= 1
             stats.upstream_rq_pending_failure_eject.value += 1
         self._release(destroy=True, local=timedOut)
         self.handler.upstreamConnectFailed(reason, timedOut)
@@ -250,7 +254,7 @@ class UpstreamConnection:
         self.closed = True
         if self._connectedAt is not None:
             self.cluster.stats.upstream_cx_length_ms.record(
-                (self.reactor.seconds() - self._connectedAt) * 1000)
+                int((self.reactor.seconds() - self._connectedAt) * 1000))
         self._release(destroy=True, local=self.localClose)
         self.handler.upstreamClosed(self.localClose)
 
@@ -325,6 +329,7 @@ class UpstreamConnection:
             if self.request:
                 stats = self.cluster.stats
                 stats.upstream_rq_pending_active.value -= 1
+                self.host.stats.rq_pending_active -= 1
                 stats.upstream_rq_cancelled.value += 1
             self._release(destroy=True, local=True)
             return

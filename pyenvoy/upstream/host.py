@@ -33,7 +33,7 @@ class HostStats:
     """
 
     __slots__ = ("cx_total", "cx_active", "cx_connect_fail", "rq_total", "rq_active",
-                 "rq_error", "rq_success", "rq_timeout")
+                 "rq_error", "rq_pending_active", "rq_success", "rq_timeout")
 
     def __init__(self) -> None:
         for name in self.__slots__:
