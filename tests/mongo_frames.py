@@ -38,10 +38,14 @@ def opMsg(body: dict, sequences: dict | None = None, flags: int = 0, requestId: 
     return frame(2013, payload, requestId, responseTo)
 
 
-def opQuery(collection: str, query: dict, flags: int = 0, fields: dict | None = None,
+def opQuery(collection: str, query: dict | bytes, flags: int = 0, fields: dict | None = None,
             requestId: int = 1, skip: int = 0, ret: int = 0) -> bytes:
+    """
+    An OP_QUERY; C{query} may be a document already encoded.
+    """
     payload = struct.pack("<i", flags) + cstring(collection) + struct.pack("<ii", skip, ret)
-    payload += bson.encode(query) + (bson.encode(fields) if fields is not None else b"")
+    payload += query if isinstance(query, bytes) else bson.encode(query)
+    payload += bson.encode(fields) if fields is not None else b""
     return frame(2004, payload, requestId)
 
 
@@ -75,6 +79,33 @@ def opDelete(collection: str, selector: dict, requestId: int = 6) -> bytes:
 def opKillCursors(cursors: list[int], requestId: int = 7) -> bytes:
     return frame(2007, struct.pack("<ii", 0, len(cursors))
                  + b"".join(struct.pack("<q", c) for c in cursors), requestId)
+
+
+def opCommand(database: str, command: str, metadata: dict, args: dict,
+              docs: tuple[dict, ...] = (), requestId: int = 8) -> bytes:
+    """
+    An OP_COMMAND with its input documents.
+    """
+    return frame(2010, cstring(database) + cstring(command) + bson.encode(metadata)
+                 + bson.encode(args) + b"".join(bson.encode(d) for d in docs), requestId)
+
+
+def opCommandReply(metadata: dict, reply: dict, docs: tuple[dict, ...] = (), requestId: int = 9,
+                   responseTo: int = 8) -> bytes:
+    """
+    An OP_COMMANDREPLY with its output documents.
+    """
+    return frame(2011, bson.encode(metadata) + bson.encode(reply)
+                 + b"".join(bson.encode(d) for d in docs), requestId, responseTo)
+
+
+def withElements(document: bytes, *elements: bytes) -> bytes:
+    """
+    C{document} with raw BSON C{elements} appended (types pymongo cannot
+    encode, such as symbol).
+    """
+    body = document[4:-1] + b"".join(elements)
+    return struct.pack("<i", len(body) + 5) + body + b"\x00"
 
 
 def compressed(message: bytes, compressorId: int = 2, compress=zlib.compress) -> bytes:

@@ -9,6 +9,7 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+import bson
 from twisted.internet import threads
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
@@ -207,6 +208,203 @@ class FilterTests(SynchronousTestCase):
         self.assertEqual(harness.connection.streamInfo.dynamicMetadata[METADATA_NAMESPACE],
                          {"d.c": ["insert", "query"], "d.e": ["insert"]})
 
+    def test_metadataClearedOnWrite(self) -> None:
+        """
+        Bytes from the server clear the namespace too, as Envoy's doDecode
+        does for both directions.
+        """
+        harness, _ = self.make(emitDynamicMetadata=True)
+        harness.receive(f.opInsert("d.e", [{}]))
+        metadata = harness.connection.streamInfo.dynamicMetadata
+        self.assertEqual(metadata[METADATA_NAMESPACE], {"d.e": ["insert"]})
+        harness.connection.write(f.opReply([], responseTo=4))
+        self.assertEqual(metadata[METADATA_NAMESPACE], {})
+
+    def test_legacyFindCommand(self) -> None:
+        """
+        A find command in an OP_QUERY on $cmd counts as a query on the
+        collection it names (type from filter, callsite from comment, no max
+        time), and its reply goes to that collection's stats, as in Envoy.
+        """
+        harness, _ = self.make()
+        harness.receive(
+            f.opQuery("app.$cmd", {"find": "users", "filter": {"_id": {"$in": [1, 2]}},
+                                   "comment": '{"callingFunction": "fn"}', "maxTimeMS": 100},
+                      flags=2)
+            + f.opQuery("app.$cmd", {"$query": {"find": "items"},
+                                     "$readPreference": {"mode": "primary"}}, requestId=2))
+        harness.connection.write(f.opReply([{"a": 1}], requestId=10, responseTo=1)
+                                 + f.opReply([], requestId=11, responseTo=2))
+        reply = ("reply_num_docs", "reply_size", "reply_time_ms")
+        expected = {
+            "op_query": 2, "op_query_tailable_cursor": 1, "op_query_no_max_time": 2,
+            "op_query_multi_get": 1, "op_query_scatter_get": 1, "op_reply": 2,
+            "collection.users.query.total": 1, "collection.users.query.multi_get": 1,
+            "collection.users.callsite.fn.query.total": 1,
+            "collection.users.callsite.fn.query.multi_get": 1,
+            "collection.items.query.total": 1, "collection.items.query.scatter_get": 1,
+        }
+        for scope in ("collection.users.query", "collection.users.callsite.fn.query",
+                      "collection.items.query"):
+            expected.update({f"{scope}.{name}": 1 for name in reply})
+        self.assertEqual(self.nonzero(), expected)
+
+    def test_commandAliases(self) -> None:
+        """
+        Envoy's aliases (ismaster is isMaster...) apply before the commands
+        lookup, for OP_QUERY and OP_MSG; "$cmd" anywhere in the name makes
+        a command.
+        """
+        harness, _ = self.make(commands=("isMaster", "collStats", "dbStats", "findAndModify",
+                                         "getLastError"))
+        queries = [{"ismaster": 1}, {"collstats": "c"}, {"dbstats": 1}, {"findandmodify": "c"},
+                   {"getlasterror": 1}, {"isMaster": 1}]
+        harness.receive(b"".join(f.opQuery("admin.$cmd", q, requestId=i)
+                                 for i, q in enumerate(queries))
+                        + f.opQuery("admin.$cmd.x", {"getlasterror": 1}, requestId=8)
+                        + f.opMsg({"ismaster": 1, "$db": "admin"}, requestId=9))
+        self.assertEqual(
+            {k: v for k, v in self.nonzero().items() if k.startswith("cmd.")},
+            {"cmd.isMaster.total": 3, "cmd.collStats.total": 1, "cmd.dbStats.total": 1,
+             "cmd.findAndModify.total": 1, "cmd.getLastError.total": 2})
+        harness, _ = self.make(commands=("ismaster",))
+        harness.receive(f.opQuery("admin.$cmd", {"ismaster": 1}))
+        self.assertEqual(self.stat("cmd.unknown_command.total"), 1)
+
+    def test_maxTime(self) -> None:
+        """
+        op_query_no_max_time as Envoy's parseMaxTime: $maxTimeMS, else
+        maxTimeMS, only Int32/Int64 (cut to 32 bits), and below 1.
+        """
+        from bson.int64 import Int64
+
+        harness, _ = self.make()
+        queries = [
+            {"maxTimeMS": 5},  # counted as a max time
+            {"$maxTimeMS": 5.0},  # a double: none
+            {"$maxTimeMS": Int64(5)},
+            {"$maxTimeMS": 0},  # none
+            {"$maxTimeMS": "5", "maxTimeMS": 5},  # $maxTimeMS wins: none
+            {"$maxTimeMS": Int64(1 << 32)},  # cut to 0: none
+        ]
+        harness.receive(b"".join(f.opQuery("app.c", q, requestId=i)
+                                 for i, q in enumerate(queries))
+                        + f.opMsg({"find": "c", "maxTimeMS": 0, "$db": "app"}, requestId=9))
+        self.assertEqual(self.stat("op_query_no_max_time"), 5)
+
+    def test_queryTypeTopLevelFirst(self) -> None:
+        """
+        A top-level _id decides the query type before $query, as Envoy's
+        parseType.
+        """
+        harness, _ = self.make()
+        harness.receive(f.opQuery("app.c", {"_id": 1, "$query": {"a": 1}})
+                        + f.opQuery("app.c", {"$query": {"_id": {"$in": [1]}}}, requestId=2))
+        self.assertEqual((self.stat("op_query_scatter_get"), self.stat("op_query_multi_get")),
+                         (0, 1))
+
+    def test_commandReplyDelay(self) -> None:
+        """
+        An OP_COMMANDREPLY may inject the delay (Envoy's decodeCommandReply):
+        the client's next bytes wait for it.
+        """
+        harness, sink = self.make(delaySeconds=1.0, delayPercent=(100, 100))
+        harness.connection.write(f.opCommandReply({}, {"ok": 1.0}))
+        self.assertEqual(self.stat("delays_injected"), 1)
+        request = f.opMsg({"ping": 1, "$db": "admin"})
+        harness.receive(request)
+        self.assertEqual(sink.received, b"")
+        harness.reactor.advance(1.0)
+        self.assertEqual(sink.received, request)
+
+    def logLines(self, path: str) -> list[bytes]:
+        with open(path, "rb") as log:
+            return log.read().split(b"\n")[:-1]
+
+    def test_accessLogBsonValues(self) -> None:
+        """
+        Documents are written as Envoy's bson_impl.cc toString writes them:
+        ObjectId as hex, doubles as %f, datetime/timestamp/int64 as
+        integers, arrays as documents, binary as its bytes, regex as a pair,
+        only CR/LF/tab/quote escaped.
+        """
+        import datetime
+
+        from bson import Binary, Int64, ObjectId, Regex, Timestamp
+
+        path = self.mktemp()
+        harness, _ = self.make(accessLog=path)
+        query = f.withElements(bson.encode({
+            "_id": ObjectId("5f0c1a2b3c4d5e6f70819203"), "d": 1.5, "neg": -2.25,
+            "s": 'a"b\nc\\d\te', "doc": {"n": {"x": 1}}, "arr": [1, "two", [True]],
+            "bin": Binary(b'\x01ab"', 0), "t": True, "f": False,
+            "when": datetime.datetime(2020, 1, 1, tzinfo=datetime.timezone.utc),
+            "none": None, "re": Regex("^a.*", "i"), "i": 7, "ts": Timestamp(5, 3),
+            "l": Int64(9)}), b"\x0esym\x00\x04\x00\x00\x00xyz\x00")
+        harness.receive(f.opQuery("app.users", query, fields={"a": 1}))
+        text = (b'{"_id": "5f0c1a2b3c4d5e6f70819203", "d": 1.500000, "neg": -2.250000, '
+                b'"s": "a\\"b\\nc\\d\\te", "doc": {"n": {"x": 1}}, '
+                b'"arr": {"0": 1, "1": "two", "2": {"0": true}}, "bin": "\x01ab\\"", '
+                b'"t": true, "f": false, "when": 1577836800000, "none": null, '
+                b'"re": ["^a.*", "i"], "i": 7, "ts": 21474836483, "l": 9, "sym": "xyz"}')
+        self.assertEqual(self.logLines(path), [
+            b'{"time": "1970-01-01T00:00:00.000Z", "message": {"opcode": "OP_QUERY", "id": 1, '
+            b'"response_to": 0, "flags": "0x0", "collection": "app.users", "skip": 0, '
+            b'"return": 0, "query": ' + text + b', "fields": {"a": 1}}, "upstream_host": "-"}'])
+
+    def test_accessLogTypesEnvoyLacks(self) -> None:
+        """
+        BSON types Envoy's decoder does not know are written as extended
+        JSON objects.
+        """
+        from bson import Code, Decimal128, MaxKey, MinKey
+
+        path = self.mktemp()
+        harness, _ = self.make(accessLog=path)
+        harness.receive(f.opInsert("app.c", [{
+            "dec": Decimal128("1.5"), "min": MinKey(), "max": MaxKey(), "code": Code("f()"),
+            "scoped": Code("g()", {"a": 1})}]))
+        self.assertIn(b'"documents": [{"dec": {"$numberDecimal": "1.5"}, '
+                      b'"min": {"$minKey": 1}, "max": {"$maxKey": 1}, '
+                      b'"code": {"$code": "f()"}, '
+                      b'"scoped": {"$code": "g()", "$scope": {"a": 1}}}]}',
+                      self.logLines(path)[0])
+
+    def test_accessLogLegacyOpcodes(self) -> None:
+        """
+        Each legacy opcode's line has Envoy's keys, value types and formats
+        (KILL_CURSORS, its hex response_to and string count; OP_REPLY's
+        document count; OP_COMMANDREPLY in full with its own spacing), and
+        an IPv6 upstream host in brackets.
+        """
+        path = self.mktemp()
+        harness, _ = self.make(accessLog=path)
+        harness.connection.streamInfo.upstreamHost = ("0:0::1", 27017)
+        harness.receive(f.opGetMore("app.users", 9, ret=5)
+                        + f.opInsert("app.users", [{"x": 1}, {"y": 2.0}])
+                        + f.opKillCursors([9, 10])
+                        + f.opCommand("app", "ping", {}, {"ping": 1}, ({"d": 1},)))
+        harness.connection.write(f.opReply([{"a": 1}], cursorId=9, flags=8, responseTo=1)
+                                 + f.opCommandReply({}, {"ok": 1.0}, ({"o": 1},)))
+        messages = [
+            b'{"opcode": "OP_GET_MORE", "id": 3, "response_to": 0, "collection": "app.users", '
+            b'"return": 5, "cursor": 9}',
+            b'{"opcode": "OP_INSERT", "id": 4, "response_to": 0, "flags": "0x0", '
+            b'"collection": "app.users", "documents": [{"x": 1}, {"y": 2.000000}]}',
+            b'{"opcode": "KILL_CURSORS", "id": 7, "response_to": "0x0", "num_cursors": "2", '
+            b'"cursors": [9, 10]}',
+            b'{"opcode": "OP_COMMAND", "id": 8, "response_to": 0, "database": "app", '
+            b'"commandName": "ping", "metadata": {}, "commandArgs": {"ping": 1}, '
+            b'"inputDocs": [{"d": 1}]}',
+            b'{"opcode": "OP_REPLY", "id": 2, "response_to": 1, "flags": "0x8", "cursor": "9", '
+            b'"from": 0, "returned": 1, "documents": 1}',
+            b'{"opcode": "OP_COMMANDREPLY", "id": 9, "response_to": 8, "metadata": {}, '
+            b'"commandReply": {"ok": 1.000000}, "outputDocs":[{"o": 1}]} ',
+        ]
+        self.assertEqual(self.logLines(path), [
+            b'{"time": "1970-01-01T00:00:00.000Z", "message": ' + m
+            + b', "upstream_host": "[::1]:27017"}' for m in messages])
+
 
 class ConfigTests(SynchronousTestCase):
     """
@@ -230,6 +428,18 @@ class ConfigTests(SynchronousTestCase):
         factory.parseConfig(Section({"stat_prefix": "m", "delay": {"header_delay": {}}},
                                     "typed_config", problems), None)
         self.assertTrue(any("not supported" in str(e) for e in problems.errors))
+
+    def test_emptyCommandsKeepsDefault(self) -> None:
+        """
+        commands: [] keeps the default delete, insert, update, as Envoy
+        (commands_size() > 0) does.
+        """
+        from pyenvoy.config.reader import Problems, Section
+
+        problems = Problems()
+        cfg = factory.parseConfig(Section({"stat_prefix": "m", "commands": []},
+                                          "typed_config", problems), None)
+        self.assertEqual((cfg.commands, problems.errors), (("delete", "insert", "update"), []))
 
 
 class PymongoIntegrationTests(TestCase):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +42,11 @@ _DEFAULT_COMMANDS = ("delete", "insert", "update")
 #: Server error code C{CursorNotFound}.
 _CURSOR_NOT_FOUND = 43
 _METADATA_OPS = {"insert": "insert", "update": "update", "delete": "delete", "find": "query"}
+#: Envoy's command aliases (C{utility.cc}), applied before the C{commands}
+#: lookup.
+_COMMAND_ALIASES = {"collstats": "collStats", "dbstats": "dbStats",
+                    "findandmodify": "findAndModify", "getlasterror": "getLastError",
+                    "ismaster": "isMaster"}
 
 
 @dataclass(frozen=True)
@@ -115,9 +119,11 @@ class _Shared:
 
     def commandStat(self, command: str) -> str:
         """
-        The C{cmd.<name>} element for C{command}: itself if configured,
-        else C{unknown_command}, as Envoy does.
+        The C{cmd.<name>} element for C{command}: its Envoy alias
+        (C{ismaster} is C{isMaster}...) if configured, else
+        C{unknown_command}, as Envoy does.
         """
+        command = _COMMAND_ALIASES.get(command, command)
         return command if command in self.commands else "unknown_command"
 
     def delay(self) -> float | None:
@@ -131,24 +137,6 @@ class _Shared:
         if self.rng.randrange(denominator) >= numerator:
             return None
         return seconds
-
-
-def _isoTime(seconds: float) -> str:
-    millis = int(seconds * 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(millis // 1000)) + \
-        f".{millis % 1000:03d}Z"
-
-
-def _json(doc: Any) -> Any:
-    """
-    A BSON document as plain JSON values (relaxed extended JSON).
-    """
-    from bson import json_util
-
-    try:
-        return json.loads(json_util.dumps(doc, json_options=json_util.RELAXED_JSON_OPTIONS))
-    except Exception:
-        return "<undecodable>"
 
 
 def _callsite(comment: Any) -> str | None:
@@ -168,25 +156,80 @@ def _callsite(comment: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _queryType(query: Any) -> str | None:
+def _idType(document: Any) -> str | None:
     """
-    C{"scatter_get"} (no C{_id}), C{"multi_get"} (non-scalar C{_id}) or
-    C{None} for a primary-key get, as Envoy classifies queries.
+    C{"scatter_get"} (no C{_id}), C{"multi_get"} (a document or array
+    C{_id}) or C{None} for a primary-key get: Envoy's
+    C{parseTypeFromDocument}, top level only.
     """
     from bson.raw_bson import RawBSONDocument
 
     try:
-        inner = query.get("$query")
-        if isinstance(inner, RawBSONDocument):
-            query = inner
-        if "_id" not in query:
+        if "_id" not in document:
             return "scatter_get"
-        value = query["_id"]
+        value = document["_id"]
     except Exception:
         return None
     if isinstance(value, (RawBSONDocument, list)):
         return "multi_get"
     return None
+
+
+def _queryType(query: Any) -> str | None:
+    """
+    A legacy query's type as Envoy's C{parseType} finds it: from its top
+    level, or from its C{$query} document when the top level has no C{_id}.
+    """
+    from bson.raw_bson import RawBSONDocument
+
+    kind = _idType(query)
+    if kind == "scatter_get":
+        try:
+            inner = query.get("$query")
+        except Exception:
+            return kind
+        if isinstance(inner, RawBSONDocument):
+            kind = _idType(inner)
+    return kind
+
+
+def _filterType(command: Any) -> str | None:
+    """
+    A C{find} command's query type: from its C{filter} document if it has
+    one, else C{"scatter_get"} (Envoy's C{parseFindCommand}).
+    """
+    from bson.raw_bson import RawBSONDocument
+
+    try:
+        query = command.get("filter")
+    except Exception:
+        return "scatter_get"
+    return _idType(query) if isinstance(query, RawBSONDocument) else "scatter_get"
+
+
+def _maxTime(query: Any) -> int:
+    """
+    Envoy's C{parseMaxTime}: C{$maxTimeMS}, else C{maxTimeMS}, counted
+    only if an Int32 or Int64 (cut to 32 bits, as C{static_cast<int32_t>});
+    0 otherwise.
+    """
+    from bson.int64 import Int64
+
+    try:
+        if "$maxTimeMS" in query:
+            value = query["$maxTimeMS"]
+        elif "maxTimeMS" in query:
+            value = query["maxTimeMS"]
+        else:
+            return 0
+    except Exception:
+        return 0
+    kind = type(value)
+    if kind is int:
+        return value
+    if kind is Int64:
+        return ((value + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+    return 0
 
 
 class _Active:
@@ -213,6 +256,7 @@ class MongoProxyFilter:
 
         self.shared = shared
         self.reactor = shared.reactor
+        self.emitMetadata = shared.config.emitDynamicMetadata
         self.sniffing = True
         self.requests: Any = Decoder()
         self.replies: Any = Decoder()
@@ -236,12 +280,12 @@ class MongoProxyFilter:
         """
         Decode requests; hold the bytes while an injected delay runs.
         """
-        if self.sniffing and data:
-            if self.shared.config.emitDynamicMetadata:
-                self.connection.streamInfo.dynamicMetadata[METADATA_NAMESPACE] = {}
-            messages = self._decode(self.requests, data)
-            for message in messages:
-                self._request(message)
+        if self.sniffing:
+            if self.emitMetadata:
+                self._clearMetadata()
+            if data:
+                for message in self._decode(self.requests, data):
+                    self._request(message)
         if self.delayTimer is not None:
             return FilterStatus.STOP_ITERATION
         return FilterStatus.CONTINUE
@@ -250,9 +294,12 @@ class MongoProxyFilter:
         """
         Decode replies.
         """
-        if self.sniffing and data:
-            for message in self._decode(self.replies, data):
-                self._reply(message)
+        if self.sniffing:
+            if self.emitMetadata:
+                self._clearMetadata()
+            if data:
+                for message in self._decode(self.replies, data):
+                    self._reply(message)
         return FilterStatus.CONTINUE
 
     # -- decoding --------------------------------------------------------------
@@ -288,10 +335,9 @@ class MongoProxyFilter:
         if self._compressed(m):
             return
         op = m.opCode
-        if op in (codec.OP_QUERY, codec.OP_INSERT, codec.OP_GET_MORE, codec.OP_KILL_CURSORS,
-                  codec.OP_COMMAND, codec.OP_MSG, codec.OP_UPDATE, codec.OP_DELETE):
+        if op != codec.OP_REPLY:
             self._tryDelay()
-        self._log(m, True)
+        self._log(m, op != codec.OP_REPLY)
         if op == codec.OP_MSG:
             self._opMsg(m)
         elif op == codec.OP_QUERY:
@@ -315,14 +361,14 @@ class MongoProxyFilter:
             # A reply sent by the client: count it, nothing to match.
             shared.inc("op_reply" if op == codec.OP_REPLY else "op_command_reply")
 
-    def _queryStats(self, collection: str, query: Any, callsite: str | None,
+    def _queryStats(self, collection: str, kind: str | None, callsite: str | None,
                     hasMaxTime: bool) -> list[str]:
         """
         Charge Envoy's per-collection (and per-callsite) query stats and the
-        global query-shape counters; return the scopes for the reply stats.
+        global query-shape counters for a query of type C{kind} (see
+        L{_idType}); return the scopes for the reply stats.
         """
         shared = self.shared
-        kind = _queryType(query)
         scopes = [f"collection.{collection}.query"]
         if callsite:
             scopes.append(f"collection.{collection}.callsite.{callsite}.query")
@@ -348,18 +394,28 @@ class MongoProxyFilter:
             if m.flags & bit:
                 shared.inc(name)
         self._metadata(m.fullCollectionName, "query")
-        if m.command is not None:
-            cmd = shared.commandStat(m.command)
-            shared.counter(f"cmd.{cmd}.total").value += 1
-            scopes = [f"cmd.{cmd}"]
-        else:
+        command = m.command
+        if command is None:
             body = m.body
             try:
-                hasMaxTime = "$maxTimeMS" in body
                 comment = body.get("$comment")
             except Exception:
-                hasMaxTime, comment = False, None
-            scopes = self._queryStats(m.collection or "", body, _callsite(comment), hasMaxTime)
+                comment = None
+            scopes = self._queryStats(m.collection or "", _queryType(body), _callsite(comment),
+                                      _maxTime(body) >= 1)
+        elif command == "find" and isinstance(m.top.get("find"), str):
+            # Envoy's special case for the 3.2 find command: a query on the
+            # collection it names, whose max time is never read.
+            top = m.top
+            try:
+                comment = top.get("comment")
+            except Exception:
+                comment = None
+            scopes = self._queryStats(m.collection, _filterType(top), _callsite(comment), False)
+        else:
+            cmd = shared.commandStat(command)
+            shared.counter(f"cmd.{cmd}.total").value += 1
+            scopes = [f"cmd.{cmd}"]
         self._track(m.requestId, scopes)
 
     def _opMsg(self, m: Any) -> None:
@@ -372,14 +428,13 @@ class MongoProxyFilter:
         shared.counter(f"cmd.{cmd}.total").value += 1
         scopes = [f"cmd.{cmd}"]
         if command == "find" and m.collection:
-            body = m.top if m.top is not None else m.body
+            top = m.top
             try:
-                query = body.get("filter") or {}
-                hasMaxTime = "maxTimeMS" in body
-                comment = body.get("comment")
+                comment = top.get("comment")
             except Exception:
-                query, hasMaxTime, comment = {}, False, None
-            scopes += self._queryStats(m.collection, query, _callsite(comment), hasMaxTime)
+                comment = None
+            scopes += self._queryStats(m.collection, _filterType(top), _callsite(comment),
+                                       _maxTime(top) >= 1)
         op = _METADATA_OPS.get(command)
         if op is not None and m.collection and m.database:
             self._metadata(f"{m.database}.{m.collection}", op)
@@ -398,7 +453,7 @@ class MongoProxyFilter:
         if self._compressed(m):
             return
         op = m.opCode
-        self._log(m, False)
+        self._log(m, op != codec.OP_REPLY and op != codec.OP_MSG)
         if op == codec.OP_REPLY:
             shared.inc("op_reply")
             if m.cursorId != 0:
@@ -431,7 +486,9 @@ class MongoProxyFilter:
             size = len(body.raw) + sum(len(d.raw) for docs in m.sequences.values()
                                        for d in docs)
         elif op == codec.OP_COMMANDREPLY:
+            # Envoy's decodeCommandReply may inject a delay too.
             shared.inc("op_command_reply")
+            self._tryDelay()
             return
         else:
             # Requests seen on the reply path: only counted.
@@ -459,25 +516,34 @@ class MongoProxyFilter:
 
     # -- metadata, access log, delay -------------------------------------------
 
+    def _clearMetadata(self) -> None:
+        """
+        Empty this filter's dynamic metadata namespace, as Envoy's
+        C{doDecode} does on every read and every write.
+        """
+        self.connection.streamInfo.dynamicMetadata[METADATA_NAMESPACE] = {}
+
     def _metadata(self, resource: str | None, operation: str) -> None:
-        if not self.shared.config.emitDynamicMetadata or not resource:
+        if not self.emitMetadata or not resource:
             return
         namespace = self.connection.streamInfo.dynamicMetadata.setdefault(
             METADATA_NAMESPACE, {})
         namespace.setdefault(resource, []).append(operation)
 
     def _log(self, m: Any, full: bool) -> None:
+        """
+        Write C{m}'s access log line in Envoy's text (L{accesslog}); C{full}
+        writes its documents, else only their count.
+        """
         sink = self.shared.accessLog
         if sink is None:
             return
-        host = self.connection.streamInfo.upstreamHost
-        line = {
-            "time": _isoTime(self.reactor.seconds()),
-            "message": describe(m, full),
-            "upstream_host": f"{host[0]}:{host[1]}" if host else "-",
-        }
+        from pyenvoy.filters.mongo_proxy import accesslog
+
+        line = accesslog.logLine(self.reactor.seconds(), accesslog.describe(m, full),
+                                 self.connection.streamInfo.upstreamHost)
         try:
-            sink.write(json.dumps(line).encode("utf-8") + b"\n")
+            sink.write(line)
         except OSError as e:
             log.error("mongo access log write failed: {error}", error=str(e))
 
@@ -508,60 +574,6 @@ class MongoProxyFilter:
             self.active.clear()
 
 
-def describe(m: Any, full: bool) -> dict[str, Any]:
-    """
-    A message as the access log shows it: Envoy's shapes for the legacy
-    opcodes, the same style for C{OP_MSG}.  C{full} includes documents
-    (requests); otherwise only their count (replies).
-    """
-    from pyenvoy.filters.mongo_proxy import codec
-
-    op = m.opCode
-    out: dict[str, Any] = {"opcode": m.opName, "id": m.requestId, "response_to": m.responseTo}
-    docs: Any = [_json(d) for d in m.documents] if full else len(m.documents)
-    if op == codec.OP_QUERY:
-        out.update(flags=hex(m.flags), collection=m.fullCollectionName, skip=m.numberToSkip,
-                   **{"return": m.numberToReturn},
-                   query=_json(m.body) if full else "{...}",
-                   fields=_json(m.fields) if m.fields is not None else {})
-    elif op == codec.OP_REPLY:
-        out.update(flags=hex(m.flags), cursor=str(m.cursorId), **{"from": m.startingFrom},
-                   returned=m.numberReturned, documents=docs)
-    elif op == codec.OP_GET_MORE:
-        out.update(collection=m.fullCollectionName, **{"return": m.numberToReturn},
-                   cursor=m.cursorId)
-    elif op in (codec.OP_INSERT, codec.OP_UPDATE, codec.OP_DELETE):
-        out.update(flags=hex(m.flags), collection=m.fullCollectionName)
-        if op == codec.OP_INSERT:
-            out["documents"] = docs
-        else:
-            out["selector"] = _json(m.body) if full else "{...}"
-    elif op == codec.OP_KILL_CURSORS:
-        out.update(num_cursors=len(m.cursorIds), cursors=m.cursorIds)
-    elif op == codec.OP_MSG:
-        out.update(flags=hex(m.flags), command=m.command, database=m.database,
-                   collection=m.collection)
-        if full:
-            out["body"] = _json(m.body)
-            out["sequences"] = {k: len(v) for k, v in m.sequences.items()}
-        else:
-            try:
-                out["ok"] = m.body.get("ok")
-            except Exception:
-                out["ok"] = None
-            out.update(cursor=str(m.cursorId), returned=m.batchSize)
-    elif op == codec.OP_COMMAND:
-        out.update(database=m.database, commandName=m.command, metadata=_json(m.metadata),
-                   commandArgs=_json(m.body), inputDocs=docs)
-    elif op == codec.OP_COMMANDREPLY:
-        out.update(metadata=_json(m.metadata), commandReply=_json(m.body), outputDocs=docs)
-    elif op == codec.OP_COMPRESSED:
-        out.update(compressor=m.compressor, original_opcode=m.originalOpCode)
-    if m.compressor is not None and op != codec.OP_COMPRESSED:
-        out["compressor"] = m.compressor
-    return out
-
-
 class MongoProxyFactory:
     """
     Parses C{MongoProxy} and makes one L{MongoProxyFilter} per connection.
@@ -574,8 +586,8 @@ class MongoProxyFactory:
         statPrefix = section.string("stat_prefix", required=True, nonEmpty=True) or ""
         accessLog = section.string("access_log") or None
         emit = section.boolean("emit_dynamic_metadata", False)
-        commands = tuple(section.strings("commands")) if section.has("commands") \
-            else _DEFAULT_COMMANDS
+        # An empty list keeps the default, as in Envoy (commands_size() > 0).
+        commands = tuple(section.strings("commands")) or _DEFAULT_COMMANDS
         delaySeconds: float | None = None
         percent = (0, 100)
         delay = section.section("delay")
@@ -596,7 +608,12 @@ class MongoProxyFactory:
         """
         Load the codec, create the stats and open the access log once.
         """
-        import pyenvoy.filters.mongo_proxy.codec  # noqa: F401 (bson loads here)
+        from importlib import import_module
+
+        # bson loads here, not on the first connection.
+        import_module("pyenvoy.filters.mongo_proxy.codec")
+        if config.accessLog:
+            import_module("pyenvoy.filters.mongo_proxy.accesslog")
 
         shared = _Shared(config, context.store, context.reactor)
         return lambda: MongoProxyFilter(shared)

@@ -81,7 +81,10 @@ class Message:
         C{batchSize} (documents in C{cursor.firstBatch}/C{nextBatch}), and
         C{top}, the body's top level as a read-only mapping (L{topLevel})
       - C{OP_QUERY}: C{flags}, C{fullCollectionName}, C{numberToSkip},
-        C{numberToReturn}, C{body} (the query), C{fields}
+        C{numberToReturn}, C{body} (the query), C{fields}; for a command
+        (C{$cmd} in the name) also C{command}, C{database},
+        C{collection} and C{top}, read as for C{OP_MSG} from the query or
+        its C{$query}
       - C{OP_REPLY}: C{flags}, C{cursorId}, C{startingFrom},
         C{numberReturned}, C{documents}
       - C{OP_GET_MORE}: C{fullCollectionName}, C{numberToReturn}, C{cursorId}
@@ -409,11 +412,12 @@ class Decoder:
                 m.fields = r.document()
             if not r.atEnd():
                 raise DecodeError("OP_QUERY has trailing bytes")
-            if m.fullCollectionName.endswith(".$cmd"):
-                m.database = m.fullCollectionName[:-5]
+            if "$cmd" in m.fullCollectionName:
+                # A command, wherever "$cmd" is in the name (Envoy's test).
+                m.database = m.fullCollectionName.partition(".")[0]
                 query = m.body.get("$query", m.body)
                 if isinstance(query, RawBSONDocument):
-                    _summariseCommand(m, query)
+                    m.top = _summariseCommand(m, query)
         elif opCode == OP_REPLY:
             m.flags = r.int32()
             m.cursorId = r.int64()
