@@ -281,11 +281,7 @@ class MongoProxyFilter:
         Decode requests; hold the bytes while an injected delay runs.
         """
         if self.sniffing:
-            if self.emitMetadata:
-                self._clearMetadata()
-            if data:
-                for message in self._decode(self.requests, data):
-                    self._request(message)
+            self._inspect(self.requests, data, self._request)
         if self.delayTimer is not None:
             return FilterStatus.STOP_ITERATION
         return FilterStatus.CONTINUE
@@ -295,14 +291,21 @@ class MongoProxyFilter:
         Decode replies.
         """
         if self.sniffing:
-            if self.emitMetadata:
-                self._clearMetadata()
-            if data:
-                for message in self._decode(self.replies, data):
-                    self._reply(message)
+            self._inspect(self.replies, data, self._reply)
         return FilterStatus.CONTINUE
 
     # -- decoding --------------------------------------------------------------
+
+    def _inspect(self, decoder: Any, data: bytes, handle: Any) -> None:
+        """
+        One chunk of either direction: the metadata namespace is emptied
+        first (Envoy's C{doDecode}), then each whole message is handled.
+        """
+        if self.emitMetadata:
+            self._clearMetadata()
+        if data:
+            for message in self._decode(decoder, data):
+                handle(message)
 
     def _decode(self, decoder: Any, data: bytes) -> list[Any]:
         from pyenvoy.filters.mongo_proxy.codec import DecodeError

@@ -86,39 +86,40 @@ class RedisProxyConfig:
     latencyInMicros: bool
 
 
-def _percent(section: Section | None) -> float:
+def _fractionalPercent(section: Section) -> tuple[int, int] | None:
     """
-    The C{default_value} of a C{RuntimeFractionalPercent}, as a
-    percentage (C{runtime_key} is read and ignored: pyenvoy has no runtime).
+    The numerator and denominator of a C{RuntimeFractionalPercent}'s
+    C{default_value} (C{runtime_key} is read and ignored: pyenvoy has no
+    runtime); C{None} when it is missing.
     """
-    if section is None:
-        return 100.0
     section.string("runtime_key")
     value = section.section("default_value", required=True)
     if value is None:
-        return 0.0
+        return None
     numerator = value.integer("numerator", 0, minimum=0) or 0
     denominator = value.enum("denominator", tuple(_DENOMINATORS), "HUNDRED")
     value.finish()
-    return numerator * 100.0 / _DENOMINATORS[denominator]
+    return numerator, _DENOMINATORS[denominator]
+
+
+def _percent(section: Section | None) -> float:
+    """
+    A C{RuntimeFractionalPercent} as a percentage (100 when not set).
+    """
+    if section is None:
+        return 100.0
+    fraction = _fractionalPercent(section)
+    return 0.0 if fraction is None else fraction[0] * 100.0 / fraction[1]
 
 
 def _faultPercent(section: Section) -> int:
     """
     A fault's C{fault_enabled} as Envoy's redis fault manager reads it: a
-    whole percentage, C{numerator * 100 // denominator} (the numerator
-    itself for C{HUNDRED}), compared with a random number in 0-99.
+    whole percentage, C{numerator * 100 // denominator}, compared with a
+    random number in 0-99.
     """
-    section.string("runtime_key")
-    value = section.section("default_value", required=True)
-    if value is None:
-        return 0
-    numerator = value.integer("numerator", 0, minimum=0) or 0
-    denominator = value.enum("denominator", tuple(_DENOMINATORS), "HUNDRED")
-    value.finish()
-    if denominator == "HUNDRED":
-        return numerator
-    return numerator * 100 // _DENOMINATORS[denominator]
+    fraction = _fractionalPercent(section)
+    return 0 if fraction is None else fraction[0] * 100 // fraction[1]
 
 
 def _parseMirrors(section: Section, context: Any) -> tuple[MirrorPolicy, ...]:
