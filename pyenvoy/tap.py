@@ -14,6 +14,10 @@ from pyenvoy import config as configModule
 from pyenvoy.config.reader import ConfigErrors
 
 
+#: Envoy's --log-level values.
+_LOG_LEVELS = ("trace", "debug", "info", "warning", "warn", "error", "critical", "off")
+
+
 class Options(usage.Options):
     """
     Envoy's command-line options that mean something for pyenvoy.
@@ -30,6 +34,21 @@ class Options(usage.Options):
         ["drain-time-s", None, "10", "Seconds to let open connections finish on shutdown."],
         ["concurrency", None, "1", "Accepted for Envoy compatibility; pyenvoy runs one event loop."],
         ["base-id", None, "0", "Accepted for Envoy compatibility; ignored."],
+        ["log-level", "l", "info", "Accepted for Envoy compatibility (trace, debug, info, "
+                                   "warning/warn, error, critical, off); pyenvoy logs "
+                                   "through twistd (--logfile)."],
+        ["component-log-level", None, None, "Accepted for Envoy compatibility; ignored."],
+        ["log-format", None, None, "Accepted for Envoy compatibility; ignored."],
+        ["log-path", None, None, "Accepted for Envoy compatibility; use twistd's --logfile."],
+        ["drain-strategy", None, "gradual", "Accepted for Envoy compatibility (gradual, "
+                                            "immediate); pyenvoy's drain is --drain-time-s."],
+        ["parent-shutdown-time-s", None, None, "Accepted for Envoy compatibility (hot "
+                                               "restart); ignored."],
+        ["restart-epoch", None, "0", "Accepted for Envoy compatibility (hot restart); "
+                                     "ignored."],
+        ["service-node", None, None, "Accepted for Envoy compatibility; ignored."],
+        ["service-cluster", None, None, "Accepted for Envoy compatibility; ignored."],
+        ["service-zone", None, None, "Accepted for Envoy compatibility; ignored."],
     ]
     optFlags = [
         ["disable-hot-restart", None, "Accepted for Envoy compatibility (pyenvoy has no hot restart)."],
@@ -48,6 +67,11 @@ class Options(usage.Options):
             raise usage.UsageError("--drain-time-s must be a number of seconds")
         if self["drain-time-s"] < 0:
             raise usage.UsageError("--drain-time-s must not be negative")
+        if self["log-level"] not in _LOG_LEVELS:
+            raise usage.UsageError(f"--log-level must be one of {', '.join(_LOG_LEVELS)}, "
+                                   f"not {self['log-level']!r}")
+        if self["drain-strategy"] not in ("gradual", "immediate"):
+            raise usage.UsageError("--drain-strategy must be gradual or immediate")
         if self["concurrency"] not in ("1", 1):
             sys.stderr.write("pyenvoy: --concurrency is ignored; pyenvoy runs one event loop\n")
         path = self["config-path"]

@@ -145,11 +145,14 @@ class DefaultsTests(SynchronousTestCase):
 
     def test_emptyBootstrap(self) -> None:
         """
-        An empty file is a valid bootstrap with nothing in it.
+        C{{}} is a valid bootstrap with nothing in it; an empty file (no
+        YAML document at all) is refused, as Envoy refuses it.
         """
         config = parse({})
         self.assertIsInstance(config, Bootstrap)
         self.assertEqual((config.admin, config.listeners, config.clusters), (None, (), {}))
+        e = self.assertRaises(ConfigErrors, parse, None)
+        self.assertIn("the config is empty", str(e))
 
     def test_clusterType(self) -> None:
         """
@@ -389,7 +392,8 @@ class CamelCaseTests(ConfigTestCase):
                     "connectTimeout": "0.25s",
                     "lbPolicy": "RANDOM",
                     "circuitBreakers": {"thresholds": [{"maxConnections": 7}]},
-                    "loadAssignment": {"endpoints": [{"lbEndpoints": [{"endpoint": {
+                    "loadAssignment": {"clusterName": "backend",
+                                       "endpoints": [{"lbEndpoints": [{"endpoint": {
                         "address": {"socketAddress": {"address": "10.0.0.1",
                                                       "portValue": 80}}}}]}]},
                 }],
@@ -472,8 +476,9 @@ class LoadTests(ConfigTestCase):
             "admin": {"address": {"socketAddress": {"address": "127.0.0.1", "portValue": 9901}}},
             "staticResources": {"clusters": [{
                 "name": "backend", "connectTimeout": "0.25s",
-                "loadAssignment": {"endpoints": [{"lbEndpoints": [{"endpoint": {
-                    "address": {"socketAddress": {"address": "10.0.0.1", "portValue": 80}}}}]}]},
+                "loadAssignment": {"clusterName": "backend", "endpoints": [{"lbEndpoints": [{
+                    "endpoint": {"address": {"socketAddress": {"address": "10.0.0.1",
+                                                               "portValue": 80}}}}]}]},
             }]},
         }))
         config = load(path)
@@ -1257,8 +1262,23 @@ class NullValueTests(ConfigTestCase):
         """
         C{name:} left empty is reported, not a silently dropped cluster.
         """
-        self.assertError(bootstrap(clusters=[cluster(name=None)]), C0,
-                         "missing required field 'name'")
+        raw = cluster(name=None)
+        raw["load_assignment"]["cluster_name"] = "backend"
+        self.assertError(bootstrap(clusters=[raw]), C0, "missing required field 'name'")
+
+    def test_loadAssignmentNeedsClusterName(self) -> None:
+        """
+        A C{load_assignment} without a C{cluster_name} (or with an empty one)
+        is refused, as Envoy's validation refuses it.
+        """
+        raw = cluster()
+        del raw["load_assignment"]["cluster_name"]
+        self.assertError(bootstrap(clusters=[raw]), f"{C0}.load_assignment",
+                         "missing required field 'cluster_name'")
+        raw = cluster()
+        raw["load_assignment"]["cluster_name"] = ""
+        self.assertError(bootstrap(clusters=[raw]), f"{C0}.load_assignment.cluster_name",
+                         "must not be empty")
 
 
 
@@ -1493,3 +1513,56 @@ class TcpProxyConfigTests(ConfigTestCase):
         config = load(os.path.join(here, "etc", "pyenvoy.yaml"))
         self.assertEqual([l.name for l in config.listeners], ["front", "echo"])
         self.assertEqual(config.listeners[0].filterChains[0].filters[0].config.idleTimeout, 300.0)
+
+
+class EnvoyValidationTests(ConfigTestCase):
+    """
+    What Envoy's own validation refuses is refused too (found by running
+    Envoy 1.40's --mode validate on the same configs).
+    """
+
+    def test_durationsAsEnvoyParsesThem(self) -> None:
+        """
+        Durations Envoy refuses are refused: blanks around, more than 9
+        fractional digits, beyond protobuf's range, nanos out of range or
+        of the other sign.
+        """
+        for value, message in ((" 1s", "expected a duration"),
+                               ("0.0000000001s", "more than 9 fractional digits"),
+                               ("315576000001s", "out of range"),
+                               ({"nanos": 2000000000}, "out of range"),
+                               ({"seconds": 1, "nanos": -5}, "out of range")):
+            self.assertError(bootstrap(clusters=[cluster(connect_timeout=value)]),
+                             f"{C0}.connect_timeout", message)
+        self.assertEqual(parse(bootstrap(clusters=[cluster(connect_timeout="0.000000001s")]))
+                         .clusters["backend"].connectTimeout, 1e-9)
+
+    def test_duplicateListenerAddress(self) -> None:
+        """
+        Two listeners on one address are refused before anything binds,
+        as Envoy refuses them; port 0 may repeat.
+        """
+        raw = bootstrap([listener(name="a", port=10000), listener(name="b", port=10000)])
+        self.assertError(raw, "static_resources.listeners[1].address",
+                         "listener 'b' has duplicate address '127.0.0.1:10000' as existing "
+                         "listener 'a'")
+        parse(bootstrap([listener(name="a", port=0), listener(name="b", port=0)]))
+
+    def test_trafficDirection(self) -> None:
+        """
+        C{traffic_direction} must be one of Envoy's values.
+        """
+        parse(bootstrap([listener(traffic_direction="INBOUND")]))
+        self.assertError(bootstrap([listener(traffic_direction="SIDEWAYS")]),
+                         f"{L0}.traffic_direction", "SIDEWAYS")
+
+    def test_healthCheckPayloadNeedsData(self) -> None:
+        """
+        A C{tcp_health_check.send} payload needs C{text} or C{binary}.
+        """
+        check = {"timeout": "1s", "interval": "1s", "unhealthy_threshold": 1,
+                 "healthy_threshold": 1, "tcp_health_check": {"send": {}}}
+        errors = self.errorsOf(bootstrap(clusters=[cluster(health_checks=[check])]))
+        self.assertTrue(any(path.startswith(f"{C0}.health_checks[0].tcp_health_check.send")
+                            for path, _ in errors), errors)
+

@@ -46,7 +46,7 @@ def dnsCluster(kind: str, **extra: Any) -> tuple[Cluster, ScriptedResolver, Memo
     """
     raw = {"static_resources": {"clusters": [dict({
         "name": "dns", "type": kind, "dns_refresh_rate": "2s",
-        "load_assignment": {"endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+        "load_assignment": {"cluster_name": "dns", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
             "socket_address": {"address": "backend.example", "port_value": 5000}}}}]}]},
     }, **extra)]}}
     reactor = MemoryReactorClock()

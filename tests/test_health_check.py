@@ -600,7 +600,7 @@ class EndpointHealthCheckConfigTests(SynchronousTestCase):
         store = Store()
         raw = bootstrap(clusters=[{
             "name": "backend", "health_checks": [tcpCheck()],
-            "load_assignment": {"endpoints": [{"lb_endpoints": [
+            "load_assignment": {"cluster_name": "backend", "endpoints": [{"lb_endpoints": [
                 {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
                                                              "port_value": 7001}},
                               "health_check_config": {"port_value": 9001}}},

@@ -148,6 +148,7 @@ class ValidateTests(TwistdTestCase):
               clusters:
               - name: backend
                 load_assignment:
+                  cluster_name: backend
                   endpoints:
                   - lb_endpoints:
                     - endpoint:
@@ -276,6 +277,25 @@ class CommandLineTests(TwistdTestCase):
                          (0, f"configuration '{SHIPPED_CONFIG}' OK\n"), result.stderr)
         self.assertIn("pyenvoy: --concurrency is ignored; pyenvoy runs one event loop",
                       result.stderr)
+
+    def test_envoyLoggingAndRestartOptionsAccepted(self) -> None:
+        """
+        Envoy's logging, drain-strategy, hot-restart and service options are
+        accepted, so an Envoy command line works as it is; a bad log level
+        is refused as Envoy refuses it.
+        """
+        result = self.twistd("pyenvoy", "--mode", "validate", "-c", SHIPPED_CONFIG,
+                             "-l", "debug", "--component-log-level", "upstream:debug",
+                             "--log-format", "[%Y] %v", "--log-path", "/dev/null",
+                             "--drain-strategy", "immediate", "--parent-shutdown-time-s", "5",
+                             "--restart-epoch", "0", "--service-node", "n",
+                             "--service-cluster", "c", "--service-zone", "z")
+        self.assertEqual((result.returncode, result.stdout),
+                         (0, f"configuration '{SHIPPED_CONFIG}' OK\n"), result.stderr)
+        result = self.twistd("pyenvoy", "--mode", "validate", "-c", SHIPPED_CONFIG,
+                             "--log-level", "loud")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("--log-level must be one of", result.stdout + result.stderr)
 
 
 class StartupTests(TwistdTestCase):

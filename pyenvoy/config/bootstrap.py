@@ -574,6 +574,12 @@ class BootstrapParser:
         """
         Validate C{raw}; raise L{ConfigErrors} listing every problem.
         """
+        if raw is None:
+            # An empty file: Envoy cannot read it either ("Unable to
+            # convert YAML as JSON"); "{}" is the empty bootstrap.
+            self.problems.add("", "the config is empty; expected a bootstrap mapping ({} for "
+                                  "an empty one)")
+            self.problems.raiseIfAny()
         top = Section(raw, "", self.problems)
         if not top.valid:
             self.problems.raiseIfAny()
@@ -601,6 +607,7 @@ class BootstrapParser:
             context = ParseContext(clusters, self.problems, self._findNetworkFilter,
                                    self._findListenerFilter)
             names: set[str] = set()
+            addresses: dict[tuple[str, int, str], str] = {}
             for sub in static.sections("listeners"):
                 listener = self._parseListener(sub, context)
                 if listener is None:
@@ -608,6 +615,14 @@ class BootstrapParser:
                 if listener.name in names:
                     sub.error(f"duplicate listener name {listener.name!r}", "name")
                     continue
+                bound = listener.address
+                key = (bound.address, bound.port, bound.protocol)
+                if bound.port and key in addresses:
+                    # Envoy refuses it too, before binding anything.
+                    sub.error(f"listener {listener.name!r} has duplicate address "
+                              f"'{bound}' as existing listener {addresses[key]!r}", "address")
+                    continue
+                addresses[key] = listener.name
                 names.add(listener.name)
                 listeners.append(listener)
             static.finish(unsupported=("secrets",))
@@ -825,7 +840,8 @@ class BootstrapParser:
         before = len(self.problems.errors)
         send = b""
         sendSection = section.section("send")
-        if sendSection is not None and sendSection.raw:
+        if sendSection is not None:
+            # A payload needs text or binary, as Envoy validates it.
             send = self._parsePayload(sendSection) or b""
         receive = []
         for sub in section.sections("receive"):
@@ -983,7 +999,8 @@ class BootstrapParser:
     def _parseLoadAssignment(self, section: Section | None, kind: str) -> list[EndpointConfig]:
         if section is None:
             return []
-        section.string("cluster_name")
+        # Required and non-empty, as Envoy's ClusterLoadAssignment validation.
+        section.string("cluster_name", required=True, nonEmpty=True)
         out = []
         for locality in section.sections("endpoints"):
             priority = locality.integer("priority", 0, minimum=0, maximum=128) or 0
@@ -1062,7 +1079,8 @@ class BootstrapParser:
         continueOnTimeout = section.boolean("continue_on_listener_filters_timeout")
         backlog = section.uint32Value("tcp_backlog_size", 1024, minimum=1) or 1024
         drainType = section.enum("drain_type", ("DEFAULT", "MODIFY_ONLY"), "DEFAULT")
-        section.ignore("metadata", "traffic_direction", "enable_reuse_port")
+        section.enum("traffic_direction", ("UNSPECIFIED", "INBOUND", "OUTBOUND"), "UNSPECIFIED")
+        section.ignore("metadata", "enable_reuse_port")
         listenerFilters = []
         for sub in section.sections("listener_filters"):
             filterConfig = self._parseFilter(

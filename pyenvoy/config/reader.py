@@ -15,6 +15,8 @@ import re
 from typing import Any, Iterator, Sequence, TypeVar
 
 _DURATION = re.compile(r"^(-?\d+(?:\.\d+)?)s$")
+#: protobuf's Duration limit (about 10,000 years).
+MAX_DURATION_SECONDS = 315_576_000_000
 _CAMEL = re.compile(r"(?<!^)([A-Z])")
 
 E = TypeVar("E")
@@ -100,21 +102,32 @@ def parseDuration(value: Any) -> float:
     @raise ValueError: with a user-facing message.
     """
     if isinstance(value, str):
-        match = _DURATION.match(value.strip())
+        # No surrounding blanks, at most nanoseconds, within protobuf's
+        # range: Envoy's parser refuses the rest.
+        match = _DURATION.match(value)
         if match:
+            if len(match.group(1).partition(".")[2]) > 9:
+                raise ValueError(f"duration {value!r} has more than 9 fractional digits")
             seconds = float(match.group(1))
             if seconds < 0:
                 raise ValueError(f"duration must not be negative, got {value!r}")
+            if seconds > MAX_DURATION_SECONDS:
+                raise ValueError(f"duration {value!r} is out of range")
             return seconds
     elif isinstance(value, dict) and set(value) <= {"seconds", "nanos"}:
         seconds = value.get("seconds", 0)
         nanos = value.get("nanos", 0)
         if isinstance(seconds, (int, str)) and isinstance(nanos, int) and not isinstance(seconds, bool):
             try:
-                total = int(seconds) + nanos / 1e9
+                whole = int(seconds)
             except ValueError:
                 pass
             else:
+                if abs(nanos) > 999_999_999 or (whole > 0 > nanos) or (whole < 0 < nanos):
+                    raise ValueError(f"duration nanos {nanos} out of range for {whole} seconds")
+                total = whole + nanos / 1e9
+                if total > MAX_DURATION_SECONDS:
+                    raise ValueError(f"duration {whole}s is out of range")
                 if total >= 0:
                     return total
     raise ValueError(f"expected a duration like '0.25s', got {describe(value)}")
