@@ -140,8 +140,8 @@ class Connection(Protocol):
 
     def connectionMade(self) -> None:
         """
-        Count the connection, then run listener filters (if any) before the
-        filter chain takes over.
+        Hand the socket to the listener, then run listener filters (if any)
+        before the filter chain takes over.
         """
         transport = self.transport
         transport.bufferSize = min(self.bufferLimit, DEFAULT_TRANSPORT_BUFFER)
@@ -485,7 +485,7 @@ class Connection(Protocol):
                 log.failure("recording the TLS end of connection {id} failed",
                             Failure(), id=self.id)
         if self._listenerPhase is not None:
-            self._listenerPhase.cancel()
+            self._listenerPhase.cancel(reason)
             self._listenerPhase = None
         event = "local_close" if self._localClose else "remote_close"
         for callback in self._callbacks:

@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.application.service import Service
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ConnectionAborted, ConnectionLost
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from pyenvoy.config.bootstrap import FilterChainConfig, ListenerConfig
 from pyenvoy.interfaces import FilterStatus
@@ -70,6 +71,10 @@ class ListenerFilterPhase:
     the network filters.  Each listener filter has C{onAccept(callbacks)}
     and C{onData(peeked)}, both returning a L{FilterStatus}, and
     C{maxReadBytes()}.
+
+    As Envoy's C{ActiveTcpSocket}, the socket is not a connection yet:
+    it counts in C{downstream_pre_cx_active} only, and becomes a counted
+    connection (C{downstream_cx_*}) only if a filter chain is found.
     """
 
     def __init__(self, listener: "ActiveListener", connection: Connection,
@@ -137,11 +142,11 @@ class ListenerFilterPhase:
 
     def readConnectionLost(self) -> None:
         """
-        The peer gave up before the listener filters decided.
+        The peer sent its FIN before the listener filters decided
+        (C{downstream_listener_filter_remote_close}, as Envoy).
         """
         if not self._done:
-            self.listener.store.counter(
-                self.listener.statRoot + ".downstream_listener_filter_remote_close").inc()
+            self.listener.listenerFilterRemoteClose.value += 1
             self._finish(False)
             self.connection.close(details="listener_filter_remote_close")
 
@@ -149,18 +154,23 @@ class ListenerFilterPhase:
         self._timer = None
         if self._done:
             return
-        self.listener.store.counter(self.listener.statRoot + ".downstream_pre_cx_timeout").inc()
+        self.listener.preCxTimeout.value += 1
         if self.listener.config.continueOnListenerFiltersTimeout:
             self._finish(True)
         else:
             self._finish(False)
             self.connection.close(details="listener_filters_timeout")
 
-    def cancel(self) -> None:
+    def cancel(self, reason: Failure | None = None) -> None:
         """
-        The connection closed under us.
+        The connection closed under us.  A reset by the peer counts
+        C{downstream_listener_filter_error}, as Envoy counts a failed peek;
+        our own abort (shutdown, a filter bug) counts nothing.
         """
         if not self._done:
+            if reason is not None and reason.check(ConnectionLost) \
+                    and not reason.check(ConnectionAborted):
+                self.listener.listenerFilterError.value += 1
             self._finish(False)
 
     def _finish(self, success: bool) -> None:
@@ -170,15 +180,27 @@ class ListenerFilterPhase:
             self._timer.cancel()
         self._timer = None
         if success:
-            self.connection.streamInfo.requestedServerName = self.requestedServerName or None
-            self.connection.listenerFiltersDone(
-                self.listener.selectChain(self, self.connection), self.buffer)
+            connection = self.connection
+            connection.streamInfo.requestedServerName = self.requestedServerName or None
+            chain = self.listener.selectChain(self, connection)
+            if chain is not None:
+                self.listener.connectionStarted(connection)
+            connection.listenerFiltersDone(chain, self.buffer)
 
 
 class ActiveListener(Factory):
     """
     A bound TCP listener: makes a L{Connection} per accepted socket and
     keeps the listener's stats.
+
+    An accepted socket is first in L{sockets} (the listener-filter phase,
+    C{downstream_pre_cx_active}); once it gets a filter chain it moves to
+    L{connections} and counts in C{downstream_cx_*}, as Envoy counts only
+    connections it created after a chain matched.
+
+    @ivar sockets: accepted sockets with no filter chain yet.
+    @ivar connections: connections with a filter chain (what
+        C{server.total_connections} adds up, as Envoy's).
     """
 
     def __init__(self, config: ListenerConfig, context: Any) -> None:
@@ -188,12 +210,23 @@ class ActiveListener(Factory):
         self.store = context.store
         self.statRoot = config.statRoot
         scope = self.store.scope(self.statRoot)
+        # Envoy's ALL_LISTENER_STATS and its missing-extension-config
+        # counters exist (at 0) from the moment the listener does; those
+        # pyenvoy has no cause to count stay 0.
         self.cxTotal = scope.counter("downstream_cx_total")
         self.cxDestroy = scope.counter("downstream_cx_destroy")
         self.cxActive = scope.gauge("downstream_cx_active")
         self.cxLength = scope.histogram("downstream_cx_length_ms")
         self.noFilterChainMatch = scope.counter("no_filter_chain_match")
         self.preCxActive = scope.gauge("downstream_pre_cx_active")
+        self.preCxTimeout = scope.counter("downstream_pre_cx_timeout")
+        self.listenerFilterRemoteClose = scope.counter("downstream_listener_filter_remote_close")
+        self.listenerFilterError = scope.counter("downstream_listener_filter_error")
+        for name in ("downstream_cx_overflow", "downstream_cx_overload_reject",
+                     "downstream_global_cx_overflow",
+                     "downstream_cx_transport_socket_connect_timeout",
+                     "extension_config_missing", "network_extension_config_missing"):
+            scope.counter(name)
         self.filterErrors = self.store.counter("pyenvoy.filter_errors")
         sslScope = scope.scope("ssl")
         factoryScope = scope.scope("server_ssl_socket_factory")
@@ -213,7 +246,10 @@ class ActiveListener(Factory):
         self._listenerFilterMakers = [
             f.factory.createFilterFactory(f.config, context) for f in config.listenerFilters
         ]
+        self.sockets: set[Connection] = set()
         self.connections: set[Connection] = set()
+        #: When each of L{connections} got its chain: its length runs from there.
+        self._startedAt: dict[Connection, float] = {}
         self.port: Any = None
         self.draining = False
         self._drained: list[Callable[[], None]] = []
@@ -226,23 +262,40 @@ class ActiveListener(Factory):
 
     def connectionOpened(self, connection: Connection) -> None:
         """
-        Count an accepted connection.
+        Track an accepted socket, so that drain waits for it and shutdown
+        closes it; it is not counted until it gets a filter chain.
         """
+        self.sockets.add(connection)
+
+    def connectionStarted(self, connection: Connection) -> None:
+        """
+        A socket got its filter chain: it is a connection now, counted in
+        C{downstream_cx_total} and C{downstream_cx_active}, and its
+        C{downstream_cx_length_ms} runs from now (Envoy's
+        C{ActiveTcpConnection}).
+        """
+        self.sockets.discard(connection)
         self.connections.add(connection)
+        self._startedAt[connection] = self.reactor.seconds()
         self.cxTotal.value += 1
         self.cxActive.value += 1
 
     def connectionClosed(self, connection: Connection) -> None:
         """
-        Count a closed connection; fire drain waiters when the last goes.
+        Count a closed connection (one that never got a filter chain
+        counts nothing here); fire drain waiters when the last goes.
         """
-        self.connections.discard(connection)
-        self.cxDestroy.value += 1
-        self.cxActive.value -= 1
-        info = connection.streamInfo
-        # Whole milliseconds, as Envoy's timespans record them.
-        self.cxLength.record(int(((info.endMonotonic or 0) - info.startMonotonic) * 1000))
-        if not self.connections and self._drained:
+        started = self._startedAt.pop(connection, None)
+        if started is None:
+            self.sockets.discard(connection)
+        else:
+            self.connections.discard(connection)
+            self.cxDestroy.value += 1
+            self.cxActive.value -= 1
+            end = connection.streamInfo.endMonotonic or self.reactor.seconds()
+            # Whole milliseconds, as Envoy's timespans record them.
+            self.cxLength.record(int((end - started) * 1000))
+        if not self.connections and not self.sockets and self._drained:
             waiters, self._drained = self._drained, []
             for waiter in waiters:
                 waiter()
@@ -268,9 +321,13 @@ class ActiveListener(Factory):
 
     def defaultChain(self, connection: Connection | None = None) -> FilterChain | None:
         """
-        The chain for a connection when no listener filter ran.
+        The chain for a connection when no listener filter ran; the
+        connection is counted as started when there is one.
         """
-        return self.selectChain(None, connection)
+        chain = self.selectChain(None, connection)
+        if chain is not None and connection is not None:
+            self.connectionStarted(connection)
+        return chain
 
     def selectChain(self, phase: ListenerFilterPhase | None,
                     connection: Connection | None = None) -> FilterChain | None:
@@ -300,9 +357,10 @@ class ActiveListener(Factory):
 
     def whenDrained(self, callback: Callable[[], None]) -> None:
         """
-        Call C{callback} once no connection is open.
+        Call C{callback} once no connection (or socket still in its
+        listener filters) is open.
         """
-        if not self.connections:
+        if not self.connections and not self.sockets:
             callback()
         else:
             self._drained.append(callback)
@@ -359,6 +417,6 @@ class ListenerService(Service):
         """
         super().stopService()
         d = self.stopListening()
-        for connection in list(self.listener.connections):
+        for connection in list(self.listener.connections) + list(self.listener.sockets):
             connection.transport.abortConnection()
         return d
