@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
-import resource
-import sys
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -25,6 +22,7 @@ from twisted.web.server import Request, Site
 from pyenvoy.config.bootstrap import AdminConfig, Thresholds
 from pyenvoy.config.reader import snakeCase
 from pyenvoy.network.listener import StartupError
+from pyenvoy.process_memory import memoryUsage
 from pyenvoy.stats_format import STAT_TYPES, renderJson, renderPrometheus, renderText
 from pyenvoy.upstream.cluster import Cluster
 from pyenvoy.upstream.host import Host
@@ -270,20 +268,12 @@ def _configDumpConfigs(raw: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _memoryUsage() -> dict[str, str]:
     """
-    Envoy's C{/memory} fields from what Python can see: the resident set
-    now (Linux; the peak elsewhere) and the peak resident set.
+    Envoy's C{/memory} fields (L{memoryUsage}), as decimal strings.
     """
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if sys.platform != "darwin":
-        peak *= 1024
-    try:
-        with open("/proc/self/statm") as f:
-            current = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        current = peak
-    return {"allocated": str(current), "heap_size": str(current), "pageheap_unmapped": "0",
-            "pageheap_free": "0", "total_thread_cache": "0",
-            "total_physical_bytes": str(max(peak, current))}
+    usage = memoryUsage()
+    return {"allocated": str(usage["allocated"]), "heap_size": str(usage["heap_size"]),
+            "pageheap_unmapped": "0", "pageheap_free": "0", "total_thread_cache": "0",
+            "total_physical_bytes": str(usage["physical"])}
 
 
 def _thresholdsText(name: str, label: str, thresholds: Thresholds) -> list[str]:
@@ -445,9 +435,11 @@ class AdminResource(Resource):
 
     def _certs(self, request: Request, params: Params) -> bytes:
         """
-        C{/certs}: no certificates are reported yet.
+        C{/certs}: each TLS context's CA and certificate, as Envoy's
+        C{admin.v3.Certificates}.
         """
-        return self._json(request, {"certificates": []})
+        return self._json(request, self.context.certificates.report(
+            self.context, self.context.wallClock()))
 
     def _stats(self, request: Request, params: Params) -> bytes:
         """

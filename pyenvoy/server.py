@@ -5,6 +5,7 @@ cluster manager, a service per listener and the admin site.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 from twisted.application.service import MultiService
@@ -13,9 +14,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pyenvoy import __version__
+from pyenvoy.certificates import CertificateCache
 from pyenvoy.config.bootstrap import Bootstrap
 from pyenvoy.network.listener import ListenerService, StartupError
 from pyenvoy.network.udp_listener import UdpListenerService
+from pyenvoy.process_memory import memoryUsage
 from pyenvoy.stats import Store
 from pyenvoy.upstream import ClusterManager
 
@@ -57,6 +60,11 @@ class ServerContext:
         store.gauge("server.total_connections")
         store.gauge("server.hot_restart_epoch")
         store.counter("server.static_unknown_fields")
+        for name in ("server.memory_allocated", "server.memory_heap_size",
+                     "server.memory_physical_size", "server.days_until_first_cert_expiring"):
+            store.gauge(name)
+        #: The certificates of the TLS contexts, for /certs and the gauge.
+        self.certificates = CertificateCache()
         store.gauge("listener_manager.total_listeners_active")
         store.gauge("listener_manager.total_listeners_draining")
         store.counter("listener_manager.listener_added")
@@ -99,6 +107,18 @@ class ServerContext:
         store.gauge("server.state").value = {"LIVE": 0, "DRAINING": 1}.get(state, 2)
         store.gauge("server.total_connections").value = sum(
             len(s.listener.connections) for s in self.listeners)
+        memory = memoryUsage()
+        store.gauge("server.memory_allocated").value = memory["allocated"]
+        store.gauge("server.memory_heap_size").value = memory["heap_size"]
+        store.gauge("server.memory_physical_size").value = memory["physical"]
+        store.gauge("server.days_until_first_cert_expiring").value = (
+            self.certificates.daysUntilFirstExpiring(self, self.wallClock()))
+
+    def wallClock(self) -> float:
+        """
+        Seconds since the epoch now (certificate expiry is wall-clock time).
+        """
+        return time.time()
 
 
 class Server(MultiService):

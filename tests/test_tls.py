@@ -204,6 +204,34 @@ class TlsTerminationTests(TestCase):
         self.assertEqual(stat(server, f"{root}.curves.X25519"), 1)
         self.assertEqual(stat(server, f"{root}.no_certificate"), 0)
 
+    async def test_certificatesReported(self) -> None:
+        """
+        C{/certs} shows the context's CA and leaf as Envoy's
+        C{admin.v3.Certificates}, and C{server.days_until_first_cert_expiring}
+        is the fewest days any of them has left.
+        """
+        from cryptography import x509
+
+        server, _, _ = self.start(self.mutual())
+        now = time.time()
+        report = server.context.certificates.report(server.context, now)
+        (entry,) = report["certificates"]
+        (ca,) = entry["ca_cert"]
+        (leaf,) = entry["cert_chain"]
+        cert = x509.load_pem_x509_certificate(self.pki.server.certPem)
+        caCert = x509.load_pem_x509_certificate(self.pki.ca.certPem)
+        self.assertEqual((leaf["path"], ca["path"]), (self.pki.serverCert, self.pki.caFile))
+        self.assertEqual(leaf["serial_number"], format(cert.serial_number, "x"))
+        self.assertEqual(leaf["subject_alt_names"], [{"dns": "localhost"},
+                                                     {"ip_address": "127.0.0.1"}])
+        self.assertEqual(leaf["expiration_time"],
+                         cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        days = [int((c.not_valid_after_utc.timestamp() - now) // 86400) for c in (cert, caCert)]
+        self.assertEqual((int(leaf["days_until_expiration"]), int(ca["days_until_expiration"])),
+                         (days[0], days[1]))
+        server.context.refreshServerGauges()
+        self.assertEqual(stat(server, "server.days_until_first_cert_expiring"), min(days))
+
     async def test_serverOnlyTls(self) -> None:
         """
         Without a validation context no client certificate is asked for;
