@@ -297,23 +297,26 @@ def renderPrometheus(store: Store, usedOnly: bool = False,
     the tags become labels (C{envoy.cluster_name} -> C{envoy_cluster_name}).
     Series are grouped under one C{# TYPE} line per metric: counters,
     then gauges, then histograms (C{_bucket} per bound up to C{+Inf},
-    C{_sum}, C{_count}), each sorted by metric name.  A metric name that
+    C{_sum}, C{_count}), each sorted as Envoy sorts them: by the tag-free
+    stat name before C{.} becomes C{_} (so C{cluster.*} comes before
+    C{cluster_manager.*}).  A metric name that
     two kinds of stat map to is kept for the first kind only, so the
     output always parses.
 
     @param usedOnly: as for L{renderText}.
     @param filter: as for L{renderText}, applied to the full stat name.
     """
-    families: dict[str, tuple[str, list[tuple[list[tuple[str, str]], Stat]]]] = {}
+    families: dict[str, tuple[str, list[tuple[list[tuple[str, str]], Stat]], str]] = {}
     for stat in _select(store, filter, usedOnly, None):
         extracted, tags = extractTags(stat.name)
         metric = "envoy_" + _PROMETHEUS_UNSAFE.sub("_", extracted)
-        kind, series = families.setdefault(metric, (stat.kind, []))
+        kind, series, _ = families.setdefault(metric, (stat.kind, [], extracted))
         if kind == stat.kind:
             series.append((tags, stat))
     out = []
     for kind in ("counter", "gauge", "histogram"):
-        for metric in sorted(m for m, (k, _) in families.items() if k == kind):
+        ordered = sorted((name, m) for m, (k, _, name) in families.items() if k == kind)
+        for _, metric in ordered:
             out.append(f"# TYPE {metric} {kind}\n")
             for tags, stat in families[metric][1]:
                 if isinstance(stat, Histogram):

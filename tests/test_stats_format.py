@@ -302,6 +302,21 @@ class PrometheusTests(TestCase):
             "envoy_server_live{} 1",
         ])
 
+    def test_orderOfEnvoy(self) -> None:
+        """
+        Metrics are ordered by their stat name before C{.} becomes C{_}, as
+        Envoy orders them: every C{cluster.*} before C{cluster_manager.*}.
+        """
+        store = Store()
+        store.counter("cluster_manager.cluster_added").value = 1
+        store.counter("cluster.a.upstream_rq_total").value = 1
+        store.counter("cluster.a.upstream_cx_total").value = 1
+        types = [line.split()[2] for line in renderPrometheus(store).splitlines()
+                 if line.startswith("# TYPE")]
+        self.assertEqual(types, ["envoy_cluster_upstream_cx_total",
+                                 "envoy_cluster_upstream_rq_total",
+                                 "envoy_cluster_manager_cluster_added"])
+
     def test_histogram(self) -> None:
         """
         A histogram has exact cumulative buckets at Envoy's bounds, a
