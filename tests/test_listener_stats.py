@@ -223,6 +223,9 @@ class ListenerPhaseTests(TestCase):
             self.assertEqual(self.stat("downstream_cx_total"), 1)
             self.assertEqual(self.stat("downstream_cx_active"), 1)
             self.assertEqual(self.stat("downstream_pre_cx_active"), 0)
+            # Envoy's per-worker pair: the one event loop is worker 0.
+            self.assertEqual((self.stat("worker_0.downstream_cx_total"),
+                              self.stat("worker_0.downstream_cx_active")), (1, 1))
             self.server.context.refreshServerGauges()
             self.assertEqual(stat(self.server, "server.total_connections"), 1)
         finally:
@@ -232,6 +235,7 @@ class ListenerPhaseTests(TestCase):
         self.assertEqual(self.stat("downstream_cx_total"), 1)
         self.assertEqual(self.stat("downstream_cx_destroy"), 1)
         self.assertEqual(self.listener.cxLength.count, 1)
+        self.assertEqual(self.stat("worker_0.downstream_cx_active"), 0)
 
     async def test_drainWaitsForListenerPhase(self) -> None:
         """

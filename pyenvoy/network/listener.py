@@ -216,6 +216,10 @@ class ActiveListener(Factory):
         self.cxTotal = scope.counter("downstream_cx_total")
         self.cxDestroy = scope.counter("downstream_cx_destroy")
         self.cxActive = scope.gauge("downstream_cx_active")
+        # Envoy's per-worker pair; pyenvoy's one event loop is worker 0.
+        worker = scope.scope("worker_0")
+        self.workerCxTotal = worker.counter("downstream_cx_total")
+        self.workerCxActive = worker.gauge("downstream_cx_active")
         self.cxLength = scope.histogram("downstream_cx_length_ms")
         self.noFilterChainMatch = scope.counter("no_filter_chain_match")
         self.preCxActive = scope.gauge("downstream_pre_cx_active")
@@ -279,6 +283,8 @@ class ActiveListener(Factory):
         self._startedAt[connection] = self.reactor.seconds()
         self.cxTotal.value += 1
         self.cxActive.value += 1
+        self.workerCxTotal.value += 1
+        self.workerCxActive.value += 1
 
     def connectionClosed(self, connection: Connection) -> None:
         """
@@ -292,6 +298,7 @@ class ActiveListener(Factory):
             self.connections.discard(connection)
             self.cxDestroy.value += 1
             self.cxActive.value -= 1
+            self.workerCxActive.value -= 1
             end = connection.streamInfo.endMonotonic or self.reactor.seconds()
             # Whole milliseconds, as Envoy's timespans record them.
             self.cxLength.record(int((end - started) * 1000))
