@@ -232,6 +232,32 @@ class TlsTerminationTests(TestCase):
         server.context.refreshServerGauges()
         self.assertEqual(stat(server, "server.days_until_first_cert_expiring"), min(days))
 
+    async def test_recordErrorAfterHandshake(self) -> None:
+        """
+        A bad record after the handshake closes the connection and counts
+        C{connection_error}, as Envoy counts TLS errors on its reads.
+        """
+        server, port, root = self.start(tlsContext(self.pki))
+
+        def corrupt() -> bytes:
+            ctx = clientContext(self.pki)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+                with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(b"ping")
+                    echoed = tls.recv(4)
+                    # An application-data record whose MAC cannot check out.
+                    os.write(tls.fileno(), b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+                    try:
+                        while tls.recv(100):
+                            pass
+                    except (OSError, ssl.SSLError):
+                        pass
+                    return echoed
+
+        self.assertEqual(await threads.deferToThread(corrupt), b"ping")
+        await self.waitFor(server, f"{root}.connection_error")
+        self.assertEqual(stat(server, f"{root}.handshake"), 1)
+
     async def test_serverOnlyTls(self) -> None:
         """
         Without a validation context no client certificate is asked for;

@@ -960,11 +960,20 @@ class TlsSession:
     def connectionLost(self, reason: Any) -> None:
         """
         The connection ended; if the handshake never finished, count why
-        (as Envoy's C{drainErrorQueue}) and record the failure reason.
+        (as Envoy's C{drainErrorQueue}) and record the failure reason.  A
+        TLS error after the handshake (a bad record, a fatal alert) counts
+        C{connection_error} too, as Envoy's reads and writes drain it.
         """
-        if self.established:
-            return
         error = getattr(reason, "value", None)
+        if self.established:
+            if isinstance(error, SSL.Error):
+                self.server.count("connection_error")
+                entries = [e for e in (error.args[0] if error.args and isinstance(
+                    error.args[0], list) else []) if isinstance(e, tuple) and len(e) == 3]
+                facts = dict(self.streamInfo.tls or {})
+                facts["failureReason"] = _failureReason(entries, None)
+                self.streamInfo.tls = facts
+            return
         if not isinstance(error, SSL.Error):
             if self.failure is not None:
                 self.streamInfo.tls = {"failureReason": _failureReason([], self.failure)}
