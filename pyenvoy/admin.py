@@ -113,8 +113,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
              params=(
                  ("usedonly", "Only include non-zero counters and gauges and histograms "
                               "with values"),
+                 ("text_readouts", "Render text_readouts as new gauges with value 0 "
+                                   "(pyenvoy has none)"),
                  ("filter", "Regular expression (Python re, partial match) for filtering "
                             "stats"),
+                 ("invert_filter", "Invert the filter regex"),
+                 ("histogram_buckets", "Histogram bucket display mode; One of (cumulative, "
+                                       "summary)"),
              )),
 )
 
@@ -472,13 +477,19 @@ class AdminResource(Resource):
         """
         C{/stats/prometheus}: Prometheus text exposition.
         """
+        buckets = _param(params, "histogram_buckets") or "cumulative"
+        if buckets not in ("cumulative", "summary"):
+            return self._respond(request, "usage: /stats?histogram_buckets=(cumulative|summary)\n",
+                                 code=400)
         try:
             pattern = _filterParam(params)
         except re.error as e:
             return self._respond(request, f'Invalid regex: "{e}"\n', code=400)
+        if pattern is not None and "invert_filter" in params:
+            pattern = _Inverted(pattern)
         self.context.refreshServerGauges()
         return self._respond(request, renderPrometheus(
-            self.context.store, "usedonly" in params, pattern))
+            self.context.store, "usedonly" in params, pattern, summary=buckets == "summary"))
 
     def _clusters(self, request: Request, params: Params) -> bytes:
         """

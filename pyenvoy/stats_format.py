@@ -287,8 +287,23 @@ def _histogramLines(metric: str, tags: list[tuple[str, str]], histogram: Histogr
     return lines
 
 
+def _summaryLines(metric: str, tags: list[tuple[str, str]], histogram: Histogram) -> list[str]:
+    """
+    One histogram as a Prometheus summary (Envoy's C{histogram_buckets=summary}):
+    its quantiles (C{nan} when empty), C{_sum} and C{_count}.
+    """
+    quantiles = histogram.quantiles() or [math.nan] * len(SUPPORTED_QUANTILES)
+    lines = [f"{metric}{{{_labels(tags, ('quantile', _formatNumber(q / 100)))}}} "
+             f"{_formatNumber(v)}\n" for q, v in zip(SUPPORTED_QUANTILES, quantiles)]
+    labels = _labels(tags)
+    lines.append(f"{metric}_sum{{{labels}}} {_formatNumber(histogram.sum)}\n")
+    lines.append(f"{metric}_count{{{labels}}} {histogram.count}\n")
+    return lines
+
+
 def renderPrometheus(store: Store, usedOnly: bool = False,
-                     filter: re.Pattern[str] | str | None = None) -> str:
+                     filter: re.Pattern[str] | str | None = None,
+                     summary: bool = False) -> str:
     """
     Envoy's C{/stats/prometheus}: text exposition format 0.0.4.
 
@@ -305,6 +320,8 @@ def renderPrometheus(store: Store, usedOnly: bool = False,
 
     @param usedOnly: as for L{renderText}.
     @param filter: as for L{renderText}, applied to the full stat name.
+    @param summary: histograms as summaries (quantiles) instead of
+        buckets, as Envoy's C{histogram_buckets=summary}.
     """
     families: dict[str, tuple[str, list[tuple[list[tuple[str, str]], Stat]], str]] = {}
     for stat in _select(store, filter, usedOnly, None):
@@ -317,10 +334,12 @@ def renderPrometheus(store: Store, usedOnly: bool = False,
     for kind in ("counter", "gauge", "histogram"):
         ordered = sorted((name, m) for m, (k, _, name) in families.items() if k == kind)
         for _, metric in ordered:
-            out.append(f"# TYPE {metric} {kind}\n")
+            shown = "summary" if summary and kind == "histogram" else kind
+            out.append(f"# TYPE {metric} {shown}\n")
             for tags, stat in families[metric][1]:
                 if isinstance(stat, Histogram):
-                    out.extend(_histogramLines(metric, tags, stat))
+                    lines = _summaryLines if summary else _histogramLines
+                    out.extend(lines(metric, tags, stat))
                 else:
                     out.append(f"{metric}{{{_labels(tags)}}} {stat.value}\n")
     return "".join(out)

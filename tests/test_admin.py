@@ -175,6 +175,29 @@ class AdminTests(TestCase):
         self.assertNotIn("server.", body)
         self.assertIn("cluster.backend_stats.upstream_cx_total: ", body)
 
+    async def test_prometheusSummaryAndInvert(self) -> None:
+        """
+        C{/stats/prometheus?histogram_buckets=summary} shows histograms as
+        summaries, as Envoy; another mode is a 400; C{invert_filter} works
+        there too.
+        """
+        self.context.store.histogram("cluster.backend_stats.upstream_cx_connect_ms").record(3)
+        _, _, body = await self.request(
+            "/stats/prometheus?histogram_buckets=summary&filter=upstream_cx_connect_ms")
+        self.assertIn("# TYPE envoy_cluster_upstream_cx_connect_ms summary\n", body)
+        self.assertIn('envoy_cluster_upstream_cx_connect_ms{envoy_cluster_name="backend_stats",'
+                      'quantile="0.5"} 3\n', body)
+        self.assertIn('envoy_cluster_upstream_cx_connect_ms_count{envoy_cluster_name='
+                      '"backend_stats"} 1\n', body)
+        families = {f.name: f for f in text_string_to_metric_families(body)}
+        self.assertEqual(families["envoy_cluster_upstream_cx_connect_ms"].type, "summary")
+        code, _, body = await self.request("/stats/prometheus?histogram_buckets=detailed")
+        self.assertEqual((code, body),
+                         (400, "usage: /stats?histogram_buckets=(cumulative|summary)\n"))
+        _, _, body = await self.request("/stats/prometheus?filter=^server%5C.&invert_filter")
+        self.assertNotIn("envoy_server_", body)
+        self.assertIn("envoy_cluster_", body)
+
     async def test_clustersFilter(self) -> None:
         """
         C{/clusters?filter=} keeps the clusters whose name matches.
