@@ -610,6 +610,39 @@ class FailureTests(TestCase):
              for outcome in ("succeeded", "failed")], [2, 1])
 
 
+    async def test_fragmentsMovedAndAsk(self) -> None:
+        """
+        With enable_redirection, the GETs of an MGET, the SETs of an MSET
+        and the DELs of a DEL that a node answers with MOVED or ASK are
+        each resent to the real server named (ASK after an ASKING), and
+        the combined replies are the server's, each in its place.
+        """
+        target = (await startRedisServers(self, 1))[0]
+        await inThread(lambda: target.client().mset({"a": "1", "b": "2"}))
+        sent = []
+
+        class Redirector(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                for _ in range(data.count(b"*")):
+                    kind = b"ASK" if len(sent) % 2 else b"MOVED"
+                    sent.append(kind)
+                    self.transport.write(b"-%s 3999 127.0.0.1:%d\r\n" % (kind, target.port))
+
+        redirector = listen(self, Redirector)
+        server = startServer(self, redisProxyConfig(
+            [redirector], proxy={"settings": {"op_timeout": "5s",
+                                              "enable_redirection": True}}))
+        port = listenerPort(server)
+        reply = await inThread(_rawExchange, port,
+                               b"MGET a b c\r\nMSET x 1 y 2\r\nDEL a x\r\nMGET x y a\r\n")
+        self.assertEqual(reply, b"*3\r\n$1\r\n1\r\n$1\r\n2\r\n$-1\r\n+OK\r\n:2\r\n"
+                                b"*3\r\n$-1\r\n$1\r\n2\r\n$-1\r\n")
+        self.assertEqual(len(sent), 10)
+        self.assertEqual(
+            [stat(server, f"cluster.redis.upstream_internal_redirect_{outcome}_total")
+             for outcome in ("succeeded", "failed")], [10, 0])
+        self.assertEqual(await inThread(lambda: sorted(target.client().keys())), [b"b", b"y"])
+
 class CommandStatsTests(TestCase):
     """
     enable_command_stats.

@@ -1345,6 +1345,149 @@ class RedirectionTests(SynchronousTestCase):
                           for name in ("total", "success", "failure")], [2, 1, 1, 1, 1, 0])
 
 
+class FragmentRedirectionTests(SynchronousTestCase):
+    """
+    enable_redirection for the fragments of split commands (MGET's GETs,
+    MSET's SETs, DEL's one command per key): each is followed by itself,
+    as Envoy's pool request of a fragment is, and its reply lands in its
+    place of the combined reply.
+    """
+
+    def _client(self, **settings: Any) -> tuple[_Harness, pf.RedisProxyFilter,
+                                                 _FakeDownstream, list[bytes]]:
+        """
+        A harness with redirection (and C{settings}), a client, and keys
+        k1, k3 on shard 7001 and k2 on shard 7002.
+        """
+        harness = _Harness(proxy={"settings": {"op_timeout": "5s", "enable_redirection": True,
+                                               **settings}})
+        self.assertIsNone(harness.shared.plainRoute)
+        candidates = [b"key:%d" % i for i in range(40)]
+        first = [k for k in candidates if harness.portOf(k) == 7001]
+        second = [k for k in candidates if harness.portOf(k) == 7002]
+        proxy, downstream = harness.client()
+        return harness, proxy, downstream, [first[0], second[0], first[1]]
+
+    def _redirects(self, harness: _Harness) -> list[int]:
+        return [harness.counter(f"cluster.redis.upstream_internal_redirect_{outcome}_total")
+                for outcome in ("succeeded", "failed")]
+
+    def test_mget(self) -> None:
+        """
+        MGET's GETs: one MOVED to a node outside the cluster, one ASK
+        (ASKING first); the array has each value in its key's place, the
+        redirects count as succeeded, and with enable_command_stats the
+        MOVED/ASK count as GET failures and the resent GETs and the ASKING
+        as commands.
+        """
+        harness, proxy, downstream, (k1, k2, k3) = self._client(enable_command_stats=True)
+        harness.send(proxy, _commands([b"MGET", k1, k2, k3]))
+        self.assertEqual(harness.upstreams[7001].commands(), [[b"GET", k1], [b"GET", k3]])
+        self.assertEqual(harness.upstreams[7002].commands(), [[b"GET", k2]])
+        harness.upstreams[7001].handler.upstreamData(b"-MOVED 9 127.0.0.1:7003\r\n$2\r\nv3\r\n")
+        harness.upstreams[7002].handler.upstreamData(b"-ASK 9 127.0.0.1:7003\r\n")
+        harness.clock.advance(0)
+        self.assertEqual(downstream.written, [])
+        self.assertEqual(harness.upstreams[7003].commands(),
+                         [[b"GET", k1], [b"ASKING"], [b"GET", k2]])
+        harness.upstreams[7003].handler.upstreamData(b"$2\r\nv1\r\n+OK\r\n$2\r\nv2\r\n")
+        harness.clock.advance(0)
+        self.assertEqual(b"".join(downstream.written),
+                         b"*3\r\n$2\r\nv1\r\n$2\r\nv2\r\n$2\r\nv3\r\n")
+        self.assertEqual(self._redirects(harness), [2, 0])
+        self.assertEqual([harness.counter(f"redis.test.command.mget.{name}")
+                          for name in ("total", "success", "error")], [1, 1, 0])
+        prefix = "cluster.redis.redis_cluster.upstream_commands"
+        self.assertEqual([harness.counter(f"{prefix}.{command}.{name}")
+                          for command in ("get", "asking")
+                          for name in ("total", "success", "failure")], [5, 3, 2, 1, 1, 0])
+
+    def test_mset(self) -> None:
+        """
+        MSET goes as a SET per pair (not an MSET per shard); a SET MOVED
+        to the other cluster member and one ASKed elsewhere are resent
+        there as that SET, and one MOVED to a host name is passed back:
+        the reply counts that one error, the counters one failed and two
+        succeeded redirects.
+        """
+        harness, proxy, downstream, (k1, k2, k3) = self._client()
+        harness.send(proxy, _commands([b"MSET", k1, b"a", k2, b"b", k3, b"c"]))
+        self.assertEqual(harness.upstreams[7001].commands(),
+                         [[b"SET", k1, b"a"], [b"SET", k3, b"c"]])
+        self.assertEqual(harness.upstreams[7002].commands(), [[b"SET", k2, b"b"]])
+        harness.upstreams[7001].handler.upstreamData(
+            b"-MOVED 9 127.0.0.1:7002\r\n-MOVED 9 localhost:7002\r\n")
+        harness.upstreams[7002].handler.upstreamData(b"-ASK 9 127.0.0.1:7003\r\n")
+        harness.clock.advance(0)
+        self.assertEqual(harness.upstreams[7002].commands(), [[b"SET", k1, b"a"]])
+        self.assertEqual(harness.upstreams[7003].commands(), [[b"ASKING"], [b"SET", k2, b"b"]])
+        harness.upstreams[7002].handler.upstreamData(b"+OK\r\n")
+        harness.upstreams[7003].handler.upstreamData(b"+OK\r\n+OK\r\n")
+        harness.clock.advance(0)
+        self.assertEqual(b"".join(downstream.written), b"-finished with 1 error(s)\r\n")
+        self.assertEqual(self._redirects(harness), [2, 1])
+        self.assertEqual(harness.counter("redis.test.command.mset.error"), 1)
+
+    def test_delFollowsEveryRedirection(self) -> None:
+        """
+        DEL's one command per key: a fragment MOVED, then MOVED again by
+        the node it was sent to, is followed both times (Envoy follows
+        every redirection, each counted); an ASKed one follows its ASKING;
+        the integers are summed.
+        """
+        harness, proxy, downstream, (k1, k2, k3) = self._client()
+        harness.send(proxy, _commands([b"del", k1, k2, k3]))
+        self.assertEqual(harness.upstreams[7001].commands(), [[b"del", k1], [b"del", k3]])
+        harness.upstreams[7001].handler.upstreamData(b"-MOVED 9 127.0.0.1:7003\r\n:1\r\n")
+        harness.upstreams[7002].handler.upstreamData(b"-ASK 9 127.0.0.1:7003\r\n")
+        harness.clock.advance(0)
+        self.assertEqual(harness.upstreams[7003].commands(),
+                         [[b"del", k1], [b"ASKING"], [b"del", k2]])
+        harness.upstreams[7003].handler.upstreamData(b"-MOVED 9 127.0.0.1:7004\r\n+OK\r\n:0\r\n")
+        harness.clock.advance(0)
+        self.assertEqual(harness.upstreams[7004].commands(), [[b"del", k1]])
+        self.assertEqual(downstream.written, [])
+        harness.upstreams[7004].handler.upstreamData(b":1\r\n")
+        harness.clock.advance(0)
+        self.assertEqual(b"".join(downstream.written), b":2\r\n")
+        self.assertEqual(self._redirects(harness), [3, 0])
+        self.assertEqual(harness.counter("redis.test.command.del.success"), 1)
+
+    def test_singleKeyFollowsEveryRedirection(self) -> None:
+        """
+        A GET redirected once and then ASKed by the node it was resent to
+        is followed again (ASKING first), not passed back.
+        """
+        harness, proxy, downstream, (k1, k2, k3) = self._client()
+        harness.send(proxy, _commands([b"GET", k1]))
+        harness.upstreams[7001].handler.upstreamData(b"-MOVED 9 127.0.0.1:7003\r\n")
+        harness.clock.advance(0)
+        harness.upstreams[7003].handler.upstreamData(b"-ASK 9 127.0.0.1:7004\r\n")
+        harness.clock.advance(0)
+        self.assertEqual(harness.upstreams[7004].commands(), [[b"ASKING"], [b"GET", k1]])
+        harness.upstreams[7004].handler.upstreamData(b"+OK\r\n$1\r\nv\r\n")
+        harness.clock.advance(0)
+        self.assertEqual(b"".join(downstream.written), b"$1\r\nv\r\n")
+        self.assertEqual(self._redirects(harness), [2, 0])
+
+    def test_clusterDown(self) -> None:
+        """
+        CLUSTERDOWN (with enable_redirection) fails the command, or the
+        fragment, with 'upstream failure', as Envoy's client does.
+        """
+        harness, proxy, downstream, (k1, k2, k3) = self._client()
+        harness.send(proxy, _commands([b"GET", k1], [b"MGET", k1, k2]))
+        down = b"-CLUSTERDOWN The cluster is down\r\n"
+        harness.upstreams[7001].handler.upstreamData(down + down)
+        harness.upstreams[7002].handler.upstreamData(b"$1\r\nv\r\n")
+        harness.clock.advance(0)
+        self.assertEqual(b"".join(downstream.written),
+                         b"-upstream failure\r\n*2\r\n-upstream failure\r\n$1\r\nv\r\n")
+        self.assertEqual(harness.counter("redis.test.command.get.error"), 1)
+        self.assertEqual(harness.counter("redis.test.command.mget.error"), 1)
+        self.assertEqual(self._redirects(harness), [0, 0])
+
+
 class UpstreamProtocolErrorTests(SynchronousTestCase):
     """
     A shard that breaks RESP.

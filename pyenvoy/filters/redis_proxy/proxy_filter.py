@@ -29,7 +29,7 @@ from zope.interface import implementer
 from pyenvoy.filters.redis_proxy import commands as C
 from pyenvoy.filters.redis_proxy.config import RedisProxyConfig, Route
 from pyenvoy.filters.redis_proxy.conn_pool import (
-    IGNORE, Batch, ConnPool, UpstreamClient, encodeCommand)
+    IGNORE, UPSTREAM_FAILURE, Batch, ConnPool, UpstreamClient, encodeCommand)
 from pyenvoy.filters.redis_proxy.resp import ProtocolError, encode, makeDecoder
 from pyenvoy.interfaces import CloseType, FilterStatus, IReadFilter
 
@@ -351,6 +351,31 @@ class _Part:
         self.parent.child(self.index, raw)
 
     def onFailure(self, raw: bytes) -> None:
+        self.parent.child(self.index, raw)
+
+
+class _RedirectPart(_Part):
+    """
+    The callbacks of one fragment of a split command with
+    C{enable_redirection}: what it takes to follow a C{MOVED} or C{ASK}
+    for the fragment alone (its command as sent, its pool, its
+    C{enable_command_stats} stats), as Envoy's pool request of a
+    fragment does.
+    """
+
+    __slots__ = ("request", "pool", "upstreamStats")
+
+    def __init__(self, parent: "_Split", index: int, request: bytes, pool: ConnPool,
+                 upstreamStats: Any) -> None:
+        self.parent = parent
+        self.index = index
+        self.request = request
+        self.pool = pool
+        self.upstreamStats = upstreamStats
+
+    def onReply(self, raw: bytes) -> None:
+        if raw[0] == 45 and self.parent.owner.redirect(self, raw):  # "-"
+            return
         self.parent.child(self.index, raw)
 
 
@@ -1194,54 +1219,74 @@ class RedisProxyFilter:
             for client, (pieces, indices) in groups.items():
                 client.sendMany(b"".join(pieces), _ShardParts(slot, indices), len(indices))
             return slot
+        # One command per key (and value) from here on, each followed on
+        # MOVED/ASK by itself with enable_redirection (plainRoute is off then).
+        redirection = self.shared.config.enableRedirection
         for i in range(count):
             index = 1 + i * step
             route, key = self._routeKey(request, index)
             client = route.pool.clientForKey(key, db) if route is not None else None
-            part = _Part(slot, i)
             if client is None:
-                part.onFailure(NO_UPSTREAM_HOST)
+                slot.child(i, NO_UPSTREAM_HOST)
                 continue
             data = encodeCommand([command] + request[index:index + step])
-            client.send(data, part if not self.commandStats else _UpstreamTimed(
-                part, route.pool.commandStats(command.decode("ascii", "replace").lower()), self))
+            pool = route.pool
+            upstreamStats = (pool.commandStats(command.decode("ascii", "replace").lower())
+                             if self.commandStats else None)
+            part = (_RedirectPart(slot, i, data, pool, upstreamStats) if redirection
+                    else _Part(slot, i))
+            client.send(data, part if upstreamStats is None else
+                        _UpstreamTimed(part, upstreamStats, self))
             if route.mirrors:
                 self._mirror(route, entry, key, data)
         return slot
 
     # -- redirection -----------------------------------------------------------------
 
-    def redirect(self, slot: _Slot, raw: bytes) -> bool:
+    def redirect(self, request: Any, raw: bytes) -> bool:
         """
-        Follow a C{MOVED} or C{ASK} error (C{enable_redirection}): resend
-        the command to the node it names, counted in the cluster's
-        C{upstream_internal_redirect_succeeded_total}.  C{False} passes
-        the error on (C{upstream_internal_redirect_failed_total} when it
-        named a node that cannot be used, such as a host name).
+        An error reply to C{request} (a L{_Slot} or L{_RedirectPart} that
+        kept its command) with C{enable_redirection}, handled as Envoy's
+        client and pool do (C{ClientImpl::onRespValue},
+        C{PendingRequest::doRedirection}).
+
+        C{MOVED <slot> <ip:port>} or C{ASK …} (three words): the command
+        is sent again to the node it names (C{ASK} after an C{ASKING}
+        whose reply is dropped) and its reply goes where the first one
+        would have; counted in the cluster's
+        C{upstream_internal_redirect_succeeded_total}.  A reply to the
+        resent command is handled the same way, so every further
+        redirection is followed too (Envoy sets no limit).  A node that
+        cannot be used (a host name, past
+        C{max_upstream_unknown_connections}) passes the error on,
+        counted in C{upstream_internal_redirect_failed_total}.
+
+        C{CLUSTERDOWN …}: the command fails with C{upstream failure}.
+
+        @return: C{True} when handled here; C{False} passes the error on.
         """
-        if raw.startswith(b"-MOVED "):
-            asking = False
-        elif raw.startswith(b"-ASK "):
-            asking = True
-        else:
+        words = [word for word in raw[1:-2].split(b" ") if word]
+        if not words:
             return False
-        parts = raw[1:-2].split(b" ")
-        if len(parts) != 3 or slot.pool is None:
+        kind = words[0]
+        if kind == b"CLUSTERDOWN":
+            request.onFailure(UPSTREAM_FAILURE)
+            return True
+        if len(words) != 3 or (kind != b"MOVED" and kind != b"ASK"):
             return False
-        pool = slot.pool
-        host = pool.hostForAddress(parts[2].decode("ascii", "replace"),
+        pool = request.pool
+        host = pool.hostForAddress(words[2].decode("ascii", "replace"),
                                    self.shared.config.maxUpstreamUnknownConnections)
         if host is None:
             pool.redirectFailed.value += 1
             return False
         client = pool.clientForHost(host, self.db)
-        request, slot.request = slot.request, None
-        stats = slot.upstreamStats
-        if asking:
+        stats = request.upstreamStats
+        if kind == b"ASK":
             client.send(b"*1\r\n$6\r\nASKING\r\n", IGNORE if stats is None else
                         _UpstreamTimed(IGNORE, pool.commandStats("asking"), self))
-        client.send(request, slot if stats is None  # type: ignore[arg-type]
-                    else _UpstreamTimed(slot, stats, self))
+        client.send(request.request, request if stats is None
+                    else _UpstreamTimed(request, stats, self))
         pool.redirectSucceeded.value += 1
         return True
 
