@@ -6,11 +6,13 @@ TWISTD  = $(VENV)/bin/twistd
 CONFIG ?= etc/pyenvoy.yaml
 TESTS  ?= tests
 # Debian packages the tests and benchmarks drive for real.
-APT_PACKAGES = redis-server redis-tools iperf3 netcat-openbsd bind9-dnsutils postgresql
+# gcc builds pyenvoy's C extension (pyenvoy/upstream/_keyhash.c) at install.
+APT_PACKAGES = redis-server redis-tools iperf3 netcat-openbsd bind9-dnsutils postgresql \
+	gcc libc6-dev
 
 .PHONY: run install system-deps test trial packaging-check bench clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml pyenvoy/upstream/_keyhash.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -31,7 +33,7 @@ system-deps:
 
 # The whole suite: every server a test needs is started by tests/support
 # on 127.0.0.1 with a port the OS picks.
-test: install system-deps packaging-check trial
+test: system-deps install packaging-check trial
 
 # The suite runs on pyenvoy's reactor (what `twistd pyenvoy` installs); the
 # proxying tests run again on Twisted's default one, which embedders may use.

@@ -840,7 +840,10 @@ class PlainPathTests(SynchronousTestCase):
         harness = _Harness()
         proxy, downstream = harness.client()
         data = _commands(*self._pipeline())
+        # No router: the general path.
+        harness.pool.keyRouter = lambda: None  # type: ignore[method-assign]
         self.assertIn(pf._Slot, self._roundTrip(harness, proxy, downstream, [data]))
+        del harness.pool.keyRouter
         self.assertEqual({harness.portOf(k) for k in self.KEYS}, set(harness.PORTS))
         self.assertEqual(self._roundTrip(harness, proxy, downstream, [data]), {list})
         self.assertEqual(harness.counter("redis.test.command.get.total"), 24)
@@ -851,21 +854,25 @@ class PlainPathTests(SynchronousTestCase):
 
     def test_newKeysOnPlainPath(self) -> None:
         """
-        Keys never seen before take the plain path too once the table is
-        known and the commands' spellings were seen (hashed on the way),
-        and land where the pool places them.
+        Keys never seen before take the plain path too once the shards'
+        connections exist and the commands' spellings were seen, and the
+        pool's router lands each where the pool itself places it.
         """
         harness = _Harness()
         proxy, downstream = harness.client()
+        for key in self.KEYS:
+            harness.pool.clientForKey(key)
         harness.send(proxy, _commands([b"SET", b"warm", b"1"], [b"get", b"warm"]))
         harness.answerAll()
         downstream.written.clear()
-        self.assertEqual(harness.pool.validKeyClients(), {
-            b"warm": harness.pool.clientForKey(b"warm")})
+        router = harness.pool.keyRouter()
+        self.assertIsNotNone(router)
+        for key in [b"warm", *self.KEYS]:
+            self.assertIs(harness.pool.routedClient(key), harness.pool.clientForKey(key))
         data = _commands(*self._pipeline())
         self.assertEqual(self._roundTrip(harness, proxy, downstream, [data]), {list})
-        self.assertEqual(set(harness.pool.validKeyClients()),  # type: ignore[arg-type]
-                         {b"warm", *self.KEYS})
+        # No connection was made or table built since: the same router.
+        self.assertIs(harness.pool.keyRouter(), router)
 
     def test_splitOverReads(self) -> None:
         """
@@ -1065,15 +1072,16 @@ class RunStatsTests(SynchronousTestCase):
 
 class TableRebuildTests(SynchronousTestCase):
     """
-    Remembered key placements are dropped as soon as the table changes,
-    even in the middle of a read.
+    Key routing follows the table as soon as it changes, even in the
+    middle of a read.
     """
 
     def _setUp(self) -> tuple[_Harness, pf.RedisProxyFilter, list[bytes], bytes]:
         """
-        Keys remembered on both shards, then shard 7001 turned unhealthy
-        without the table knowing; return the harness, a client, the keys
-        remembered on 7001 and a new key that lands on 7001.
+        Keys sent to both shards, then shard 7001's connection dropped and
+        the shard turned unhealthy without the table knowing; return the
+        harness, a client, the keys sent to 7001 and a new key that lands
+        on 7001.
         """
         harness = _Harness()
         proxy, downstream = harness.client()
@@ -1083,9 +1091,9 @@ class TableRebuildTests(SynchronousTestCase):
         onFirst = [k for k in keys if harness.portOf(k) == 7001]
         fresh = next(k for k in (b"n%d" % i for i in range(100))
                      if harness.portOf(k) == 7001)
-        harness.pool._hosts.pop(fresh)
-        harness.pool._keyClients.pop(fresh, None)
         [host] = [h for h in harness.pool.cluster.hosts if h.address[1] == 7001]
+        # Its connection is gone, so the next key for it asks the table.
+        harness.pool.forget(harness.pool.clientForHost(host))
         host.healthy = False
         return harness, proxy, onFirst, fresh
 
@@ -1102,9 +1110,10 @@ class TableRebuildTests(SynchronousTestCase):
 
     def test_rebuildInsideRead(self) -> None:
         """
-        A shard turns unhealthy without the table knowing: the first new
-        key that lands on it rebuilds the table, and the keys after it in
-        the same read, remembered on that shard, go to the other one.
+        A shard turns unhealthy without the table knowing: the first key
+        that asks the table for it rebuilds the table, and the keys after
+        it in the same read, routed to that shard before, go to the other
+        one.
         """
         harness, proxy, onFirst, fresh = self._setUp()
         harness.send(proxy, _commands(*[[b"GET", k] for k in [fresh] + onFirst]))

@@ -127,20 +127,29 @@ def _libstdcxxHashBytes() -> Any:
 #: wants none of L{murmurHash2}'s argument handling.
 nativeMurmurHash2: Any = _libstdcxxHashBytes()
 
+try:
+    # pyenvoy's own C extension (see key_lookup), when it was built.
+    from pyenvoy.upstream._keyhash import murmurHash2 as _extensionMurmurHash2
+except ImportError:
+    _extensionMurmurHash2 = None
+
 
 def murmurHash2(data: bytes | str, seed: int = STD_HASH_SEED) -> int:
     """
     The 64-bit MurmurHash2 of libstdc++'s C{_Hash_bytes}, which Envoy's
     C{MurmurHash::murmurHash2} reproduces: ring hash with
     C{hash_function: MURMUR_HASH_2} and redis_proxy's key hashing use it
-    with the default seed.  Computed by libstdc++ itself when it is
-    loadable, else in Python (L{_pythonMurmurHash2}); both agree.
+    with the default seed.  Computed by pyenvoy's C extension for bytes
+    when it was built, else by libstdc++ itself when it is loadable, else
+    in Python (L{_pythonMurmurHash2}); all agree.
 
     @return: an unsigned 64-bit integer.
     """
     buf = _asBytes(data)
+    if _extensionMurmurHash2 is not None and type(buf) is bytes:
+        return _extensionMurmurHash2(buf, seed)  # type: ignore[no-any-return]
     if nativeMurmurHash2 is not None:
-        return nativeMurmurHash2(buf, len(buf), seed)
+        return nativeMurmurHash2(buf, len(buf), seed)  # type: ignore[no-any-return]
     return _pythonMurmurHash2(buf, seed)
 
 

@@ -6,7 +6,7 @@ Maglev, as Envoy's C{lb_policy} names them.
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from zope.interface import implementer
 
@@ -278,6 +278,17 @@ class _ConsistentHash(_HealthAware):
     def _build(self, weighted: list[tuple[Host, float]], smallest: float,
                largest: float) -> Any:
         raise NotImplementedError()
+
+    def keyLookup(self, hashtagging: bool) -> tuple[Callable[[bytes], int | None], list[Host]]:
+        """
+        The current table's lookup of a Redis key (bytes) as a function
+        to an index in the list of hosts that comes with it (C{None} for
+        an empty table): L{chooseHost} with the key's MurmurHash2 (of its
+        C{{hashtag}} with C{hashtagging}), without the health check and
+        panic counting, in one C call (L{pyenvoy.upstream.key_lookup}).
+        Valid until the table is rebuilt (L{builds} moves).
+        """
+        return self._table.keyLookup(hashtagging)  # type: ignore[no-any-return]
 
     def chooseHost(self, context: Any) -> Host | None:
         """

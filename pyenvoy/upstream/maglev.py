@@ -5,10 +5,12 @@ as Envoy fills it, so a key lands on the host Envoy would pick.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from functools import partial
+from typing import Any, Callable, Sequence
 
 from pyenvoy.config.bootstrap import DEFAULT_MAGLEV_TABLE_SIZE, isPrime
 from pyenvoy.upstream.hashing import hostHashKey, xxHash64
+from pyenvoy.upstream.key_lookup import tableEntry
 
 
 class MaglevTable:
@@ -47,6 +49,9 @@ class MaglevTable:
             raise ValueError(f"the Maglev table size must be a prime number, got {tableSize}")
         self.tableSize = tableSize
         self.table: list[Any] = []
+        #: Each slot's index in L{_hosts}.
+        self._slots: list[int] = []
+        self._hosts: list[Any] = []
         self.counts: list[tuple[Any, int]] = []
         self.minEntriesPerHost = 0
         self.maxEntriesPerHost = 0
@@ -91,9 +96,18 @@ class MaglevTable:
                 filled += 1
             iteration += 1
         self.table = [hosts[i] for i in slots]
+        self._slots = slots
+        self._hosts = hosts
         self.counts = list(zip(hosts, counts))
         self.minEntriesPerHost = min(counts)
         self.maxEntriesPerHost = max(counts)
+
+    def keyLookup(self, hashtagging: bool) -> tuple[Callable[[bytes], int | None], list[Any]]:
+        """
+        A function from a Redis key to the index in the hosts that come
+        with it of the host L{chooseHost} gives for the key's MurmurHash2.
+        """
+        return partial(tableEntry, self._slots, hashtagging), self._hosts
 
     def chooseHost(self, hashKey: int) -> Any:
         """

@@ -5,12 +5,15 @@ as Envoy builds it, so a key lands on the host Envoy would pick.
 
 from __future__ import annotations
 
+import array
 import bisect
 import math
-from typing import Any, Sequence
+from functools import partial
+from typing import Any, Callable, Sequence
 
 from pyenvoy.config.bootstrap import DEFAULT_MAX_RING_SIZE, DEFAULT_MIN_RING_SIZE
 from pyenvoy.upstream.hashing import hostHashKey, murmurHash2, xxHash64
+from pyenvoy.upstream.key_lookup import ringEntry
 
 _INDEX_BITS = 32
 _INDEX_MASK = (1 << _INDEX_BITS) - 1
@@ -91,6 +94,14 @@ class Ring:
         The ring as sorted C{(hash, host)} pairs (for tests and debugging).
         """
         return [(h, self.hosts[o]) for h, o in zip(self.hashes, self._owners)]
+
+    def keyLookup(self, hashtagging: bool) -> tuple[Callable[[bytes], int | None], list[Any]]:
+        """
+        A function from a Redis key to the index in L{hosts} of the host
+        L{chooseHost} gives for the key's MurmurHash2, and L{hosts}.
+        """
+        packed = array.array("Q", self.hashes).tobytes()
+        return partial(ringEntry, packed, self._owners, hashtagging), self.hosts
 
     def chooseHost(self, hashKey: int) -> Any:
         """

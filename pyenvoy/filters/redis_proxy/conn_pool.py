@@ -14,15 +14,13 @@ from typing import Any, Callable
 from twisted.logger import Logger
 
 from pyenvoy.filters.redis_proxy.resp import ProtocolError, ReplyFramer
-from pyenvoy.upstream.hashing import STD_HASH_SEED, murmurHash2, nativeMurmurHash2
+from pyenvoy.upstream.hashing import murmurHash2
+from pyenvoy.upstream.key_lookup import hashedPart
 from pyenvoy.upstream.host import Host
 
 log = Logger()
 
 UPSTREAM_FAILURE = b"-upstream failure\r\n"
-
-#: How many keys' hosts a pool remembers.
-HASH_CACHE_SIZE = 1 << 17
 
 #: How many times per op_timeout a busy connection checks for progress.
 OP_TIMEOUT_CHECKS = 4
@@ -501,12 +499,14 @@ class ConnPool:
         self._clients: dict[Any, UpstreamClient] = {}
         self._unknownHosts: dict[str, Host] = {}
         self._lbContext = _HashContext()
-        #: Recent keys' hosts, valid while the table has not been rebuilt
-        #: (C{lb.builds}); cleared whenever it fills up.
-        self._hosts: dict[bytes, Host] = {}
-        self._builds: int | None = None
-        #: The same keys' database-0 clients, for the one-step lookup.
-        self._keyClients: dict[bytes, UpstreamClient] = {}
+        #: The table's key lookup and hosts (L{keyRouter}), and the table
+        #: build (C{lb.builds}) they are of.
+        self._lookup: tuple[Callable[[bytes], int | None], list[Host]] | None = None
+        self._lookupBuilds: int | None = None
+        #: L{keyRouter}'s answer, until a table build or a connection
+        #: made or dropped makes it stale (then C{None}).
+        self._router: tuple[Callable[[bytes], int | None],
+                            list[UpstreamClient | None]] | None = None
         options = getattr(self.cluster.config, "redisProtocolOptions", None)
         self._credentials = options.credentialsFor if options is not None else None
         clusterManager.onHostsRemoved(clusterName, self._hostsRemoved)
@@ -537,66 +537,58 @@ class ConnPool:
 
     def hostForKey(self, key: bytes) -> Host | None:
         """
-        The host of the cluster that owns C{key}.
+        The host of the cluster that owns C{key} (its C{{hashtag}} with
+        hashtagging), as Envoy picks it: the key's MurmurHash2 to the
+        cluster's load balancer.
+        """
+        context = self._lbContext
+        context.hashKey = murmurHash2(hashedPart(key) if self.hashtagging else key)
+        return self.cluster.lb.chooseHost(context)  # type: ignore[no-any-return]
 
-        With RING_HASH or MAGLEV the answer only changes when the table is
-        rebuilt (its C{builds} count moves), so recent keys' hosts are
-        remembered until then: hashing a key and walking the table were
-        most of the cost of routing a command.
+    def keyRouter(self) -> tuple[Callable[[bytes], int | None],
+                                 list[UpstreamClient | None]] | None:
+        """
+        For a caller that routes many keys in one go: a function from a
+        key (bytes) to an index (C{None} for an empty table) and the list
+        of database-0 clients it indexes, or C{None} when the cluster's
+        policy is neither RING_HASH nor MAGLEV, or in panic mode (where
+        Envoy counts every pick).
+
+        The function is the table's own key lookup (C speed, see
+        L{pyenvoy.upstream.key_lookup}), so a key lands where
+        L{clientForKey} puts it.  An entry is C{None} where the host has no
+        connection yet or is unhealthy, and a client may have closed since:
+        in both cases use L{clientForKey}, which connects (and makes the
+        answer stale: ask again).
         """
         lb = self.cluster.lb
         builds = getattr(lb, "builds", None)
-        if builds is not None:
-            if builds != self._builds:
-                self._builds = builds
-                self._hosts.clear()
-                self._keyClients.clear()
-            host = self._hosts.get(key)
-            if host is not None:
-                return host
-        hashed = key
-        if self.hashtagging:
-            start = key.find(b"{")
-            if start >= 0:
-                end = key.find(b"}", start + 1)
-                if end > start + 1:
-                    hashed = key[start + 1:end]
-        context = self._lbContext
-        if nativeMurmurHash2 is not None and type(hashed) is bytes:
-            context.hashKey = nativeMurmurHash2(hashed, len(hashed), STD_HASH_SEED)
-        else:
-            context.hashKey = murmurHash2(hashed)
-        host = lb.chooseHost(context)
-        if builds is not None and host is not None:
-            if lb.builds == builds and not getattr(lb, "panic", False):
-                hosts = self._hosts
-                if len(hosts) >= HASH_CACHE_SIZE:
-                    hosts.clear()
-                    self._keyClients.clear()
-                hosts[key] = host
-        return host
-
-    def cachedClient(self, key: bytes) -> UpstreamClient | None:
-        """
-        The database-0 client for a key whose host is remembered and whose
-        connection exists, or C{None} (then use L{clientForKey}).
-        """
-        client = self._keyClients.get(key)
-        if client is None or client.closed or self.cluster.lb.builds != self._builds:
+        if builds is None or lb.panic:
             return None
-        return client
+        router = self._router
+        if router is not None and builds == self._lookupBuilds:
+            return router
+        if builds != self._lookupBuilds or self._lookup is None:
+            self._lookup = lb.keyLookup(self.hashtagging)
+            self._lookupBuilds = builds
+        lookup, hosts = self._lookup
+        clients = self._clients
+        router = self._router = (
+            lookup, [clients.get(host) if host.healthy else None for host in hosts])
+        return router
 
-    def validKeyClients(self) -> dict[bytes, UpstreamClient] | None:
+    def routedClient(self, key: bytes) -> UpstreamClient | None:
         """
-        The key to database-0 client cache, for a caller that looks up
-        many keys in one go, or C{None} when the table was rebuilt since
-        it was filled (then use L{clientForKey}).  A client found in it
-        may have closed since: check C{closed}.
+        The open database-0 client of C{key}'s host from L{keyRouter}, or
+        C{None} (then use L{clientForKey}).
         """
-        builds = getattr(self.cluster.lb, "builds", None)
-        if builds is None or builds != self._builds:
+        router = self.keyRouter()
+        if router is None:
             return None
-        return self._keyClients
+        lookup, clients = router
+        index = lookup(key)
+        client = None if index is None else clients[index]
+        return None if client is None or client.closed else client
 
     def clientForKey(self, key: bytes, db: int = 0) -> UpstreamClient | None:
         """
@@ -609,8 +601,6 @@ class ConnPool:
         client = self._clients.get(host if not db else (host, db))
         if client is None:
             client = self.clientForHost(host, db)
-        if not db and self._hosts.get(key) is host:
-            self._keyClients[key] = client
         return client
 
     def clientForHost(self, host: Host, db: int = 0) -> UpstreamClient:
@@ -622,6 +612,7 @@ class ConnPool:
         if client is None:
             client = UpstreamClient(self, host, db, opTimeout=self.opTimeout)
             self._clients[slot] = client
+            self._router = None
         return client
 
     def dedicatedClient(self, host: Host, db: int = 0, opTimeout: bool = True,
@@ -681,6 +672,7 @@ class ConnPool:
         slot = client.host if not client.db else (client.host, client.db)
         if self._clients.get(slot) is client:
             del self._clients[slot]
+            self._router = None
 
     def _hostsRemoved(self, cluster: Any, removed: list[Host]) -> None:
         for host in removed:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -612,7 +612,7 @@ class RedisProxyFilter:
         self.connection: Any = None
         self.dirty = False
         #: Whether this client's state lets its commands take the plain
-        #: path (L{_plainKeyClients}).
+        #: path (L{_plainRouter}).
         self._plain = False
         self.db = 0
         # Envoy's connection_allowed_: a configured username alone also
@@ -680,16 +680,18 @@ class RedisProxyFilter:
                 queue = self._queue
                 plain = shared.plainRoute
                 if self._plain:
-                    keyClients = plain.pool.validKeyClients()  # type: ignore[union-attr]
+                    router = plain.pool.keyRouter()  # type: ignore[union-attr]
                 else:
-                    keyClients = self._plainKeyClients()
+                    router = self._plainRouter()
+                if router is not None:
+                    lookup, routeClients = router
                 clientForKey = plain.pool.clientForKey if plain is not None else None
                 simpleStats = shared.simpleStats
                 headers = _BULK_HEADERS
                 join = b"".join
                 it = iter(requests)
                 for request in it:
-                    if keyClients is not None:
+                    if router is not None:
                         # The plain path inline: a single-key command on the
                         # catch-all route (MSET and MGET go straight to their
                         # split).  Anything odd (not an array of bulk
@@ -711,23 +713,26 @@ class RedisProxyFilter:
                                                     headers[len(value)], value, _CRLF))
                                 else:
                                     encoded = encodeCommand(request)
-                                client = keyClients.get(key)
+                                client = routeClients[lookup(key)]  # type: ignore[index]
                             else:
                                 entry = table.get(name)
                         except (TypeError, IndexError):
                             stats = None
                         if stats is not None:
                             if client is None or client.closed:
-                                # A key not seen lately: hash it (and
-                                # remember it); no host is the general
-                                # path's error.  Landing on a host that
-                                # turned unhealthy rebuilds the table, which
-                                # makes the cache stale: look again.
+                                # The host has no open connection (or is
+                                # unhealthy): the pool's own pick, which
+                                # connects; no host is the general path's
+                                # error.  Either makes the router stale
+                                # (a new connection, a rebuilt table):
+                                # ask again.
                                 client = clientForKey(key)  # type: ignore[misc]
-                                keyClients = self._plainKeyClients()
                                 if client is None:
                                     handle(request)
-                                    keyClients = self._plainKeyClients()
+                                router = self._plainRouter()
+                                if router is not None:
+                                    lookup, routeClients = router
+                                if client is None:
                                     continue
                             stats.total.value += 1
                             cell = [None, self, stats, now]
@@ -739,15 +744,19 @@ class RedisProxyFilter:
                             continue
                         if entry is not None and (entry.kind == _MSET or entry.kind == _MGET):
                             self._plainMulti(request, entry)
-                            # (Its new keys may have rebuilt the table.)
-                            keyClients = plain.pool.validKeyClients()  # type: ignore[union-attr]
+                            # (It may have connected or rebuilt the table.)
+                            router = plain.pool.keyRouter()  # type: ignore[union-attr]
+                            if router is not None:
+                                lookup, routeClients = router
                             continue
                     handle(request)
                     if self._quitting:
                         # QUIT: what follows it is dropped.
                         shared.downstream_rq_active.value -= sum(1 for _ in it)
                         break
-                    keyClients = self._plainKeyClients()
+                    router = self._plainRouter()
+                    if router is not None:
+                        lookup, routeClients = router
                 batch.end()
                 if len(self._queue) > MAX_PENDING_PER_CLIENT and not self._readPaused:
                     self._readPaused = True
@@ -1085,13 +1094,14 @@ class RedisProxyFilter:
             if client is not None:
                 client.send(data, IGNORE)
 
-    def _plainKeyClients(self) -> dict[bytes, UpstreamClient] | None:
+    def _plainRouter(self) -> tuple[Callable[[bytes], int | None],
+                                     list[UpstreamClient | None]] | None:
         """
-        The catch-all pool's key to connection cache when this client's
+        The catch-all pool's L{ConnPool.keyRouter} when this client's
         commands can take the plain path (a catch-all route only, no
         mirror, redirection, command stats or fault; authenticated,
         database 0, no transaction, subscription or draining transaction
-        connection) and the cache is valid; else C{None}.
+        connection) and the cluster has one; else C{None}.
 
         What the client's state allows is kept in C{_plain}: it changes
         only by a command on the general path (which calls this again
@@ -1106,7 +1116,7 @@ class RedisProxyFilter:
             or self._draining is not None)
         if not self._plain:
             return None
-        return plain.pool.validKeyClients()  # type: ignore[union-attr]
+        return plain.pool.keyRouter()  # type: ignore[union-attr]
 
     def _plainMulti(self, request: list[bytes], entry: _Command) -> None:
         """
@@ -1129,10 +1139,10 @@ class RedisProxyFilter:
 
     def _plainSimple(self, request: list[bytes], entry: _Command, pool: ConnPool) -> None:
         """
-        L{_simple} for the common setup (see L{_plainKeyClients}), with the
-        key's connection found in one step when the key was seen lately.
+        L{_simple} for the common setup (see L{_plainRouter}), with the
+        key's connection found in one step (L{ConnPool.routedClient}).
         """
-        client = pool.cachedClient(request[1])
+        client = pool.routedClient(request[1])
         if client is None:
             self._simple(request, entry, 1)
             return
@@ -1178,7 +1188,7 @@ class RedisProxyFilter:
             # Each shard gets its fragments as one piece, answered to one
             # callback object that takes their replies in order.
             pool = plain.pool
-            keyClients = pool.validKeyClients() or {}
+            router = pool.keyRouter()
             # MSET's key/value pairs are sent in one MSET per shard (below),
             # MGET's keys as a GET each.  Each shard's pieces are joined once.
             prefix = b"*2\r\n$%d\r\n%b\r\n" % (len(command), command)
@@ -1188,11 +1198,14 @@ class RedisProxyFilter:
             headers = _BULK_HEADERS
             for i in range(count):
                 key = keys[i]
-                client = keyClients.get(key)
+                client = None
+                if router is not None:
+                    index = router[0](key)
+                    client = None if index is None else router[1][index]
                 if client is None or client.closed:
                     client = pool.clientForKey(key)
-                    # (The table may have been rebuilt: see onData.)
-                    keyClients = pool.validKeyClients() or {}
+                    # (It may have connected or rebuilt the table: see onData.)
+                    router = pool.keyRouter()
                     if client is None:
                         slot.child(i, NO_UPSTREAM_HOST)
                         continue
