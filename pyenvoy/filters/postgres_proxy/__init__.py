@@ -67,21 +67,6 @@ TAG_CACHE_SIZE = 1024
 SSL_REQUEST = b"\x00\x00\x00\x08\x04\xd2\x16\x2f"
 
 
-def _terminated(data: bytes, start: int, end: int) -> bytes | None:
-    """
-    The string at C{data[start:end]} up to its first NUL (normally the
-    message's last byte); C{None} when there is none.
-    """
-    last = end - 1
-    value = data[start:last]
-    if start > last or data[last] or 0 in value:
-        nul = data.find(b"\0", start, end)
-        if nul < 0:
-            return None
-        value = data[start:nul]
-    return value
-
-
 @dataclass(frozen=True)
 class PostgresProxyConfig:
     """
@@ -388,11 +373,21 @@ class PostgresProxyFilter:
                     start = data.find(b"\0", start, end) + 1  # past the statement's name
                     if not start:
                         break
-                sql = _terminated(data, start, end)
-                if sql is None:
-                    break
+                sql = data[start:end - 1]
+                if data[end - 1] or 0 in sql:
+                    # Not the one NUL at the end (rare): up to the first.
+                    nul = data.find(b"\0", start, end)
+                    if nul < 0:
+                        break
+                    sql = data[start:nul]
                 if self._parsing:
-                    self._sql(sql)
+                    found = (self._outlines.get(sql.translate(_DIGITS_AS_ZERO), _MISSING)
+                             if sql.isascii() else _MISSING)
+                    if found is self._lastTables and found is not None:
+                        # The statement shape of the last one: counted only.
+                        self.shared.parsed.value += 1
+                    else:
+                        self._sql(sql, found)
             elif kind == _X and length == 4:
                 if self.inTransaction:
                     self.inTransaction = False
@@ -567,9 +562,12 @@ class PostgresProxyFilter:
                 if rule and length != rule:
                     break
             elif kind == _C:
-                tag = _terminated(data, pos + 5, end)
-                if tag is None:
-                    break
+                tag = data[pos + 5:end - 1]
+                if data[end - 1] or 0 in tag:
+                    nul = data.find(b"\0", pos + 5, end)
+                    if nul < 0:
+                        break
+                    tag = data[pos + 5:nul]
                 idle, busy, after = tags.get(tag) or self.shared.commandOf(tag)
                 for counter in (busy if self.inTransaction else idle):
                     counter.value += 1
@@ -707,14 +705,14 @@ class PostgresProxyFilter:
             shared.inc("messages", "messages_unknown")
         return True
 
-    def _sql(self, sql: str | bytes) -> None:
+    def _sql(self, sql: str | bytes, found: Any = _MISSING) -> None:
         """
         Count a Query's or Parse's SQL as parsed or not, and set the
-        dynamic metadata from its tables.
+        dynamic metadata from its tables.  C{found} is the outline cache's
+        entry for C{sql} when the caller looked it up already.
         """
         shared = self.shared
-        found: Any = _MISSING
-        if type(sql) is bytes and sql.isascii():
+        if found is _MISSING and type(sql) is bytes and sql.isascii():
             found = self._outlines.get(sql.translate(_DIGITS_AS_ZERO), _MISSING)
         tables = shared.tables(sql, self._database) if found is _MISSING else found
         if tables is None:
