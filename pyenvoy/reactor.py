@@ -23,6 +23,12 @@ Envoy keeps watching a read-disabled connection for its close: a reset
 (the peer's FIN after ours) is left for when reading resumes, so the
 bytes still unread are delivered first.
 
+It also runs work queued with L{PyenvoyReactor.callAfterPoll} once every
+event of a poll has been handled, before the reactor waits again: what a
+filter batches over one round of events (redis_proxy's writes) is flushed
+without a C{callLater(0)}, whose timed-call object, heap and timeout
+arithmetic cost more than the flush itself when few events are ready.
+
 What differs: legacy C{twisted.python.log.msg} calls made while handling
 an event carry no per-connection C{system} prefix (pyenvoy logs through
 C{twisted.logger}, which never used it).
@@ -38,7 +44,7 @@ import errno
 import socket
 import sys
 from select import EPOLLIN, EPOLLONESHOT
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import epollreactor, main, tcp
 from twisted.python import log
@@ -65,7 +71,34 @@ class PyenvoyReactor(epollreactor.EPollReactor):
         #: Connected TCP connections neither reading nor writing, still
         #: registered (for errors only) by file descriptor.
         self._parked: set[int] = set()
+        #: What L{callAfterPoll} queued.
+        self._afterPoll: list[Callable[[], object]] = []
         super().__init__()
+
+    def callAfterPoll(self, f: Callable[[], object]) -> None:
+        """
+        Call C{f()} once the events of the current poll are handled (or,
+        queued outside event handling, before the next poll waits): the
+        same moment as C{callLater(0, f)}, for a fraction of its cost.  An
+        exception is logged, as from a timed call.
+        """
+        self._afterPoll.append(f)
+
+    def _runAfterPoll(self) -> None:
+        """
+        Run what L{callAfterPoll} queued, and what that queues, in order.
+        """
+        queued = self._afterPoll
+        while queued:
+            self._afterPoll = []
+            for f in queued:
+                try:
+                    f()
+                except KeyboardInterrupt:
+                    raise
+                except BaseException:
+                    log.err(None, "Unhandled error in a call after poll")
+            queued = self._afterPoll
 
     # -- registration ------------------------------------------------------------
 
@@ -131,6 +164,11 @@ class PyenvoyReactor(epollreactor.EPollReactor):
         """
         Poll once and dispatch every event.
         """
+        if self._afterPoll:
+            # Queued since the last poll (by a timed call): run it now and
+            # do not wait, in case it scheduled something due at once.
+            self._runAfterPoll()
+            timeout = 0
         if timeout is None:
             timeout = -1
         selectables = self._selectables
@@ -166,6 +204,8 @@ class PyenvoyReactor(epollreactor.EPollReactor):
                 raise
             except BaseException:
                 log.err(None, "Unhandled error dispatching an event")
+        if self._afterPoll:
+            self._runAfterPoll()
 
     doIteration = doPoll
 

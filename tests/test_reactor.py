@@ -176,6 +176,58 @@ class PyenvoyReactorTests(ReactorCase):
         self.pollUntil(lambda: self.flushLoggedErrors(ValueError))
 
 
+class CallAfterPollTests(ReactorCase):
+    """
+    L{PyenvoyReactor.callAfterPoll}: work queued while handling events
+    runs once all of that poll's events are handled, before the next wait.
+    """
+
+    def test_afterEveryEventOfThePoll(self) -> None:
+        """
+        Two connections readable in one poll: a call queued while the first
+        is read runs after both reads, in the same iteration.
+        """
+        second = socket.create_connection(("127.0.0.1", self.port.getHost().port),
+                                          timeout=MAX_SECONDS)
+        self.addCleanup(second.close)
+        self.pollUntil(lambda: len(self.protocols) == 2)
+        order: list[str] = []
+        for recorder, name in zip(self.protocols, ("a", "b")):
+            def dataReceived(data: bytes, name: str = name) -> None:
+                order.append(name)
+                if len(order) == 1:
+                    self.reactor.callAfterPoll(lambda: order.append("after"))
+            recorder.dataReceived = dataReceived  # type: ignore[method-assign]
+        self.client.sendall(b"x")
+        second.sendall(b"y")
+        # Both readable before the poll.
+        time.sleep(0.05)
+        self.reactor.doIteration(1)
+        self.assertEqual(sorted(order[:2]), ["a", "b"])
+        self.assertEqual(order[2:], ["after"])
+
+    def test_queuedOutsideAPoll(self) -> None:
+        """
+        A call queued outside event handling (a timed call) runs at the
+        start of the next poll, which then does not wait; calls it queues
+        run in the same iteration; an exception is logged and the rest run.
+        """
+        ran: list[str] = []
+
+        def first() -> None:
+            ran.append("first")
+            self.reactor.callAfterPoll(lambda: ran.append("queued by first"))
+            raise ZeroDivisionError("logged")
+
+        self.reactor.callAfterPoll(first)
+        self.reactor.callAfterPoll(lambda: ran.append("second"))
+        started = time.monotonic()
+        self.reactor.doIteration(5)
+        self.assertLess(time.monotonic() - started, 4)
+        self.assertEqual(ran, ["first", "second", "queued by first"])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+
 class ParkedConnectionTests(ReactorCase):
     """
     A connected TCP connection that neither reads nor writes stays

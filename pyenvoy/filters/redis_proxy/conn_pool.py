@@ -115,6 +115,11 @@ class Batch:
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
+        #: pyenvoy's reactor runs the flush right after the poll's events
+        #: (L{pyenvoy.reactor.PyenvoyReactor.callAfterPoll}); another
+        #: reactor at the next iteration.
+        self._callSoon: Callable[[Callable[[], None]], object] = getattr(
+            reactor, "callAfterPoll", None) or (lambda f: reactor.callLater(0, f))
         self.touched: list[UpstreamClient] = []
         self.dirty: list[Any] = []
         #: The reactor's time at the start of the current callback.
@@ -128,7 +133,7 @@ class Batch:
         """
         if not self._scheduled and (self.touched or self.dirty):
             self._scheduled = True
-            self.reactor.callLater(0, self.flush)
+            self._callSoon(self.flush)
 
     def flush(self) -> None:
         """
