@@ -7,6 +7,7 @@ reactor, redis-cli and redis-benchmark as processes) over loopback.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from typing import Any
@@ -404,6 +405,128 @@ class ExtensionTests(TestCase):
         result, value = await inThread(run)
         self.assertEqual((result, value), ([True, 15, True], b"15"))
         self.assertEqual(stat(self.server, "redis.test.command.exec.total"), 1)
+
+
+class ClusterScopeTests(TestCase):
+    """
+    Envoy's cluster-scope commands over three real shards: sent to every
+    shard and combined (SCRIPT, CONFIG, SLOWLOG, INFO, ROLE), or to one
+    (CLUSTER, RANDOMKEY, INFO.SHARD), with Envoy's errors.
+    """
+
+    timeout = 120
+
+    async def setUp(self) -> None:
+        self.shards = await startRedisServers(self, 3)
+        self.server = startServer(self, redisProxyConfig([s.port for s in self.shards]))
+        self.port = listenerPort(self.server)
+
+    def _raw(self, *commands: list[bytes]) -> bytes:
+        data = b"".join(b"*%d\r\n" % len(c) + b"".join(b"$%d\r\n%b\r\n" % (len(a), a)
+                                                         for a in c) for c in commands)
+        return _rawExchange(self.port, data, wait=3.0)
+
+    async def test_everyShard(self) -> None:
+        """
+        SCRIPT LOAD reaches every shard; CONFIG SET too, and CONFIG GET
+        returns every shard's pair; SLOWLOG LEN sums; ROLE has one entry
+        per shard.
+        """
+        def run() -> tuple[Any, ...]:
+            client = _client(self.port)
+            sha = client.execute_command("SCRIPT", "LOAD", "return 7")
+            exists = client.execute_command("SCRIPT", "EXISTS", sha)
+            client.execute_command("CONFIG", "SET", "maxmemory", "12345678")
+            got = client.execute_command("CONFIG", "GET", "maxmemory")
+            client.execute_command("CONFIG", "SET", "slowlog-log-slower-than", "100000000")
+            reset = client.execute_command("SLOWLOG", "RESET")
+            role = client.execute_command("ROLE")
+            return sha, exists, got, reset, role
+
+        sha, exists, got, reset, role = await inThread(run)
+        self.assertEqual(exists, [1])
+        self.assertEqual(got, [b"maxmemory", b"12345678"] * 3)
+        self.assertEqual(reset, b"OK")
+        self.assertEqual([r[0] for r in role], [b"master"] * 3)
+        for shard in self.shards:
+            direct = shard.client()
+            self.assertEqual(await inThread(lambda: direct.script_exists(sha)), [True])
+            self.assertEqual(await inThread(lambda: direct.config_get("maxmemory")),
+                             {"maxmemory": "12345678"})
+        # Entries on one shard only: the proxy's SLOWLOG LEN is their sum.
+        one = self.shards[1].client()
+
+        def logOnOneShard() -> int:
+            one.config_set("slowlog-log-slower-than", 0)
+            one.ping()
+            one.config_set("slowlog-log-slower-than", 100000000)
+            return int(one.execute_command("SLOWLOG", "LEN"))
+
+        logged = await inThread(logOnOneShard)
+        self.assertGreater(logged, 0)
+        length = await inThread(lambda: _client(self.port).execute_command("SLOWLOG", "LEN"))
+        self.assertEqual(length, logged)
+        self.assertEqual(stat(self.server, "redis.test.command.slowlog.success"), 2)
+        self.assertEqual(stat(self.server, "redis.test.command.script.total"), 2)
+
+    async def test_info(self) -> None:
+        """
+        INFO is aggregated as Envoy does (cluster mode, keys summed over
+        the shards); INFO.SHARD is one shard's own INFO, each index a
+        different shard.
+        """
+        def run() -> bytes:
+            client = _client(self.port)
+            for i in range(30):
+                client.set(f"info{i}", i)
+            return self._raw([b"INFO"], [b"INFO", b"keyspace"],
+                             *[[b"INFO.SHARD", b"%d" % i, b"server"] for i in range(3)])
+
+        replies = await inThread(run)
+        self.assertIn(b"# Server\r\n", replies)
+        self.assertIn(b"redis_mode:cluster\r\n", replies)
+        self.assertIn(b"\r\n$45\r\n# Keyspace\r\ndb0:keys=30,expires=0,avg_ttl=0\r\n\r\n$",
+                      replies)
+        # INFO.SHARD 0, 1, 2: each shard's own INFO, every shard once.
+        self.assertEqual(replies.count(b"redis_mode:standalone"), 3)
+        ports = re.findall(rb"tcp_port:(\d+)", replies)
+        self.assertEqual(sorted(int(p) for p in ports), sorted(s.port for s in self.shards))
+
+    async def test_oneShardAndErrors(self) -> None:
+        """
+        CLUSTER and RANDOMKEY go to one shard, replies passed on; what
+        Envoy refuses gets its errors (counted as the command's errors, or
+        as an invalid request).
+        """
+        def run() -> bytes:
+            _client(self.port).set("only-key", 1)
+            return self._raw([b"RANDOMKEY"], [b"CLUSTER", b"INFO"], [b"CLUSTER", b"MEET"],
+                             [b"CONFIG", b"HELP"], [b"SLOWLOG", b"HELP"], [b"SCRIPT"],
+                             [b"INFO.SHARD", b"x"], [b"INFO.SHARD", b"3"],
+                             [b"INFO.SHARD", b"0", b"server", b"extra"])
+
+        replies = await inThread(run)
+        self.assertRegex(replies, rb"^(\$-1|\$8\r\nonly-key)\r\n")
+        self.assertIn(b"-ERR This instance has cluster support disabled\r\n"
+                      b"-ERR cluster subcommand 'meet' is not supported\r\n"
+                      b"-ERR unsupported cluster scope command or invalid arguments\r\n"
+                      b"-ERR unsupported cluster scope command or invalid arguments\r\n"
+                      b"-invalid request\r\n"
+                      b"-ERR invalid shard_id - must be a numeric shard index\r\n"
+                      b"-ERR shard_id 3 out of range (0-2)\r\n"
+                      b"-wrong number of arguments for 'INFO.SHARD' command\r\n", replies)
+        self.assertEqual(stat(self.server, "redis.test.command.config.error"), 1)
+        self.assertEqual(stat(self.server, "redis.test.splitter.invalid_request"), 1)
+
+    async def test_shardDown(self) -> None:
+        """
+        A dead shard's failure is the reply of a command sent to every
+        shard, as Envoy's first error.
+        """
+        self.shards[0].stop()
+        reply = await inThread(lambda: self._raw([b"SCRIPT", b"FLUSH"]))
+        self.assertEqual(reply, b"-upstream failure\r\n")
+        self.assertEqual(stat(self.server, "redis.test.command.script.error"), 1)
 
 
 class AuthTests(TestCase):

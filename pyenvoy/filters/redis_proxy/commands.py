@@ -4,8 +4,9 @@ redis_proxy's command table: which commands it routes, and how.
 The Envoy classes (simple, eval, sum-split, MGET/MSET, transactions, local)
 follow Envoy's C{supported_commands.h}; the other classes (pub/sub,
 blocking, per-client SELECT, fan-out) are pyenvoy's own.  Of Envoy's 2025
-additions only KEYS, SCAN, FLUSHDB, FLUSHALL and SELECT are here, each
-pyenvoy's way (docs/redis_proxy.md); the rest are unknown commands.
+additions, KEYS, SCAN, FLUSHDB, FLUSHALL and SELECT are here each
+pyenvoy's way, the others as Envoy has them (L{CLUSTER_SCOPE};
+docs/redis_proxy.md).
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ SUBSCRIBE = frozenset(("subscribe", "psubscribe", "unsubscribe", "punsubscribe")
 #: every shard (SCAN: one shard at a time), replies merged.
 FAN_OUT = frozenset(("keys", "scan", "dbsize", "flushdb", "flushall"))
 
+#: Envoy's cluster-scope commands (see L{cluster_scope}).
+CLUSTER_SCOPE = frozenset(("script", "slowlog", "config", "info", "info.shard", "cluster",
+                           "randomkey", "role"))
+#: Those valid without an argument (the others are C{invalid request}).
+CLUSTER_SCOPE_WITHOUT_ARGUMENTS = frozenset(("info", "randomkey", "role"))
+
 #: pyenvoy's per-client database selection (Envoy's SELECT of 2025 only
 #: answers +OK).
 SELECT = "select"
@@ -66,8 +73,8 @@ zpopmin zpopmax zrem zremrangebylex zremrangebyrank zremrangebyscore unlink
 """.split())
 
 #: Every command with per-command stats (Envoy creates them all up front).
-WITH_STATS = SIMPLE | EVAL | SUM_SPLIT | TRANSACTION | BLOCKING | SUBSCRIBE | FAN_OUT | {
-    "mget", "mset", SELECT}
+WITH_STATS = (SIMPLE | EVAL | SUM_SPLIT | TRANSACTION | BLOCKING | SUBSCRIBE | FAN_OUT
+              | CLUSTER_SCOPE | {"mget", "mset", SELECT})
 
 #: Every command the proxy knows; anything else is "unknown command".
 KNOWN = WITH_STATS | LOCAL

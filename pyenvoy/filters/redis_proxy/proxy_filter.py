@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from pyenvoy.filters.redis_proxy import cluster_scope
 from pyenvoy.filters.redis_proxy import commands as C
 from pyenvoy.filters.redis_proxy.config import RedisProxyConfig, Route
 from pyenvoy.filters.redis_proxy.conn_pool import (
@@ -62,7 +63,7 @@ MAX_PENDING_PER_CLIENT = 4096
 
 # Command kinds.
 (_SIMPLE, _EVAL, _MGET, _MSET, _SUM, _TXN, _AUTH, _PING, _ECHO, _TIME, _QUIT, _HELLO,
- _BLOCKING, _SUBSCRIBE, _FAN_OUT, _SELECT) = range(16)
+ _BLOCKING, _SUBSCRIBE, _FAN_OUT, _SELECT, _CLUSTER_SCOPE) = range(17)
 
 
 def _error(message: str) -> bytes:
@@ -121,7 +122,8 @@ _KINDS: dict[str, int] = {
     name: kind
     for names, kind in ((C.SIMPLE, _SIMPLE), (C.EVAL, _EVAL), (C.SUM_SPLIT, _SUM),
                         (C.TRANSACTION, _TXN), (C.BLOCKING, _BLOCKING),
-                        (C.SUBSCRIBE, _SUBSCRIBE), (C.FAN_OUT, _FAN_OUT))
+                        (C.SUBSCRIBE, _SUBSCRIBE), (C.FAN_OUT, _FAN_OUT),
+                        (C.CLUSTER_SCOPE, _CLUSTER_SCOPE))
     for name in names
 }
 _KINDS.update({"mget": _MGET, "mset": _MSET, "auth": _AUTH, "ping": _PING, "echo": _ECHO,
@@ -529,19 +531,13 @@ def _combineSum(parts: list[bytes]) -> tuple[bytes, bool]:
 
 def _combineArrays(parts: list[bytes]) -> tuple[bytes, bool]:
     """
-    KEYS from every shard: one array of all the keys.
+    KEYS from every shard: one array of all the keys (else the first
+    reply that is not an array).
     """
-    total = 0
-    bodies = []
     for raw in parts:
         if raw[0] != 42:  # *
             return raw, False
-        eol = raw.index(b"\r\n")
-        count = int(raw[1:eol])
-        if count > 0:
-            total += count
-            bodies.append(raw[eol + 2:])
-    return b"*%d\r\n" % total + b"".join(bodies), True
+    return cluster_scope.concatenateArrays(parts), True
 
 
 @implementer(IPushProducer)
@@ -916,7 +912,8 @@ class RedisProxyFilter:
                 shared.invalid_request.value += 1
                 self._local(INVALID_REQUEST)
                 return
-        if len(request) < 2 and kind not in (_TXN, _FAN_OUT, _SUBSCRIBE):
+        if len(request) < 2 and kind not in (_TXN, _FAN_OUT, _SUBSCRIBE) and not (
+                kind == _CLUSTER_SCOPE and entry.name in C.CLUSTER_SCOPE_WITHOUT_ARGUMENTS):
             shared.invalid_request.value += 1
             self._local(INVALID_REQUEST)
             return
@@ -966,6 +963,8 @@ class RedisProxyFilter:
             slot = self._blockingCommand(request, entry)
         elif kind == _FAN_OUT:
             slot = self._fanOut(request, entry)
+        elif kind == _CLUSTER_SCOPE:
+            slot = self._clusterScope(request, entry)
         else:
             slot = self._subscribe(request, entry)
         if slot is not None and fault is not None and fault.delay:
@@ -1447,6 +1446,34 @@ class RedisProxyFilter:
         for i, host in enumerate(hosts):
             route.pool.clientForHost(host, self.db).send(data, _Part(slot, i))
         return slot
+
+    def _clusterScope(self, request: list[bytes], entry: _Command) -> _Slot | None:
+        """
+        Envoy's cluster-scope commands (L{cluster_scope}) over the shards
+        of the route of the empty key (the catch-all route), as Envoy.
+        """
+        route = self.shared.route(b"")
+        hosts = route.pool.hosts() if route is not None else []
+        if not hosts:
+            entry.stats.error.value += 1  # type: ignore[union-attr]
+            self._local(NO_UPSTREAM_HOST)
+            return None
+        plan = cluster_scope.plan(entry.name, request, len(hosts))
+        if plan.reply is not None:
+            self._local(plan.reply, entry.stats, False)
+            return None
+        if plan.combine is None:
+            slot = _Slot(self, entry.stats)
+            self._queue.append(slot)
+            route.pool.clientForHost(hosts[plan.shard], self.db).send(  # type: ignore[index]
+                encodeCommand(plan.upstream), slot)  # type: ignore[arg-type]
+            return slot
+        split = _Split(self, entry.stats, len(hosts), plan.combine)
+        self._queue.append(split)
+        data = encodeCommand(request)
+        for i, host in enumerate(hosts):
+            route.pool.clientForHost(host, self.db).send(data, _Part(split, i))
+        return split
 
     def _scan(self, request: list[bytes], entry: _Command) -> _Slot | None:
         """
