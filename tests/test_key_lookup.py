@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from pyenvoy.config.bootstrap import MaglevLbConfig, RingHashLbConfig
-from pyenvoy.upstream import hashing, key_lookup
+from pyenvoy.upstream import hashing, key_lookup, maglev, ring_hash
 from pyenvoy.upstream.hashing import LoadBalancerContext, murmurHash2
 from pyenvoy.upstream.key_lookup import hashedPart, pythonRingEntry, pythonTableEntry
 from pyenvoy.upstream.load_balancer import Maglev, RingHash
@@ -224,6 +224,16 @@ class LoadBalancerKeyLookupTests(SynchronousTestCase):
         MAGLEV, with Envoy's default table and a small one.
         """
         self.check(Maglev(hosts(6379, 6380, 6381)))
+        self.check(Maglev(hosts(6379, 6380), MaglevLbConfig(tableSize=7)))
+
+    def test_pythonFallback(self) -> None:
+        """
+        Without the extension (its functions replaced by the Python ones,
+        as when it was not built) the tables land every key alike.
+        """
+        self.patch(ring_hash, "ringEntry", pythonRingEntry)
+        self.patch(maglev, "tableEntry", pythonTableEntry)
+        self.check(RingHash(hosts(6379, 6380, 6381)))
         self.check(Maglev(hosts(6379, 6380), MaglevLbConfig(tableSize=7)))
 
     def test_emptyCluster(self) -> None:

@@ -496,14 +496,15 @@ class ClusterScopeTests(TestCase):
         """
         CLUSTER and RANDOMKEY go to one shard, replies passed on; what
         Envoy refuses gets its errors (counted as the command's errors, or
-        as an invalid request).
+        as an invalid request), bare KEYS and SCAN included.
         """
         def run() -> bytes:
             _client(self.port).set("only-key", 1)
             return self._raw([b"RANDOMKEY"], [b"CLUSTER", b"INFO"], [b"CLUSTER", b"MEET"],
                              [b"CONFIG", b"HELP"], [b"SLOWLOG", b"HELP"], [b"SCRIPT"],
                              [b"INFO.SHARD", b"x"], [b"INFO.SHARD", b"3"],
-                             [b"INFO.SHARD", b"0", b"server", b"extra"])
+                             [b"INFO.SHARD", b"0", b"server", b"extra"],
+                             [b"KEYS"], [b"Scan"])
 
         replies = await inThread(run)
         self.assertRegex(replies, rb"^(\$-1|\$8\r\nonly-key)\r\n")
@@ -514,9 +515,11 @@ class ClusterScopeTests(TestCase):
                       b"-invalid request\r\n"
                       b"-ERR invalid shard_id - must be a numeric shard index\r\n"
                       b"-ERR shard_id 3 out of range (0-2)\r\n"
-                      b"-wrong number of arguments for 'INFO.SHARD' command\r\n", replies)
+                      b"-wrong number of arguments for 'INFO.SHARD' command\r\n"
+                      b"-invalid request\r\n"
+                      b"-ERR wrong number of arguments for 'Scan' command\r\n", replies)
         self.assertEqual(stat(self.server, "redis.test.command.config.error"), 1)
-        self.assertEqual(stat(self.server, "redis.test.splitter.invalid_request"), 1)
+        self.assertEqual(stat(self.server, "redis.test.splitter.invalid_request"), 2)
 
     async def test_shardDown(self) -> None:
         """

@@ -55,8 +55,10 @@ FAN_OUT = frozenset(("keys", "scan", "dbsize", "flushdb", "flushall"))
 #: Envoy's cluster-scope commands (see L{cluster_scope}).
 CLUSTER_SCOPE = frozenset(("script", "slowlog", "config", "info", "info.shard", "cluster",
                            "randomkey", "role"))
-#: Those valid without an argument (the others are C{invalid request}).
-CLUSTER_SCOPE_WITHOUT_ARGUMENTS = frozenset(("info", "randomkey", "role"))
+#: Fan-out and cluster-scope commands valid without an argument; Envoy
+#: answers the others C{invalid request} (SCAN checks its own arguments).
+WITHOUT_ARGUMENTS = frozenset(("info", "randomkey", "role", "dbsize", "flushdb", "flushall",
+                               "scan"))
 
 #: pyenvoy's per-client database selection (Envoy's SELECT of 2025 only
 #: answers +OK).

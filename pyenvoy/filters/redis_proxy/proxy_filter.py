@@ -912,8 +912,8 @@ class RedisProxyFilter:
                 shared.invalid_request.value += 1
                 self._local(INVALID_REQUEST)
                 return
-        if len(request) < 2 and kind not in (_TXN, _FAN_OUT, _SUBSCRIBE) and not (
-                kind == _CLUSTER_SCOPE and entry.name in C.CLUSTER_SCOPE_WITHOUT_ARGUMENTS):
+        if len(request) < 2 and kind not in (_TXN, _SUBSCRIBE) and not (
+                entry.name in C.WITHOUT_ARGUMENTS):
             shared.invalid_request.value += 1
             self._local(INVALID_REQUEST)
             return
@@ -1481,7 +1481,8 @@ class RedisProxyFilter:
         C{shardCursor * shards + shardIndex}.
         """
         if len(request) < 2:
-            self._local(b"-ERR wrong number of arguments for 'scan' command\r\n",
+            # Envoy's check, which names the command as the client spelt it.
+            self._local(b"-ERR wrong number of arguments for '" + request[0] + b"' command\r\n",
                         entry.stats, False)
             return None
         route = self.shared.catchAll
