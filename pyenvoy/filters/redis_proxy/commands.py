@@ -27,11 +27,14 @@ xclaim xdel xlen xpending xrange xrevrange xtrim zadd zcard zcount zdiff zdiffst
 zincrby zinter zinterstore zlexcount zmscore zpopmax zpopmin zrandmember zrange
 zrangebylex zrangebyscore zrangestore zrank zrem zremrangebylex zremrangebyrank
 zremrangebyscore zrevrange zrevrangebylex zrevrangebyscore zrevrank zscan zscore
-zunion zunionstore copy rename renamenx msetnx bitop
+zunion zunionstore copy rename renamenx msetnx bitop georadius georadiusbymember
+geosearchstore
 """.split())
 
-#: Commands hashed on their fourth argument (the first key).
-EVAL = frozenset(("eval", "evalsha", "eval_ro", "evalsha_ro"))
+#: Commands hashed on a later argument than the first, by its index:
+#: EVAL's first key (the fourth argument), OBJECT's key (the third).
+KEY_INDEX = {"eval": 3, "evalsha": 3, "eval_ro": 3, "evalsha_ro": 3, "object": 2}
+EVAL = frozenset(KEY_INDEX)
 
 #: One command per key, integer replies summed.
 SUM_SPLIT = frozenset(("del", "exists", "touch", "unlink"))
@@ -40,7 +43,7 @@ SUM_SPLIT = frozenset(("del", "exists", "touch", "unlink"))
 TRANSACTION = frozenset(("multi", "exec", "discard", "watch", "unwatch"))
 
 #: Answered by the proxy itself.
-LOCAL = frozenset(("auth", "ping", "echo", "time", "quit", "hello"))
+LOCAL = frozenset(("auth", "ping", "echo", "time", "quit", "hello", "client"))
 
 #: pyenvoy only: blocking single-key commands, each on a dedicated connection.
 BLOCKING = frozenset(("blpop", "brpop", "brpoplpush", "blmove", "bzpopmin", "bzpopmax"))

@@ -63,7 +63,7 @@ MAX_PENDING_PER_CLIENT = 4096
 
 # Command kinds.
 (_SIMPLE, _EVAL, _MGET, _MSET, _SUM, _TXN, _AUTH, _PING, _ECHO, _TIME, _QUIT, _HELLO,
- _BLOCKING, _SUBSCRIBE, _FAN_OUT, _SELECT, _CLUSTER_SCOPE) = range(17)
+ _BLOCKING, _SUBSCRIBE, _FAN_OUT, _SELECT, _CLUSTER_SCOPE, _CLIENT) = range(18)
 
 
 def _error(message: str) -> bytes:
@@ -127,7 +127,8 @@ _KINDS: dict[str, int] = {
     for name in names
 }
 _KINDS.update({"mget": _MGET, "mset": _MSET, "auth": _AUTH, "ping": _PING, "echo": _ECHO,
-               "time": _TIME, "quit": _QUIT, "hello": _HELLO, C.SELECT: _SELECT})
+               "time": _TIME, "quit": _QUIT, "hello": _HELLO, C.SELECT: _SELECT,
+               "client": _CLIENT})
 
 
 class _RuntimeRoute:
@@ -917,6 +918,9 @@ class RedisProxyFilter:
             shared.invalid_request.value += 1
             self._local(INVALID_REQUEST)
             return
+        if kind == _CLIENT:
+            self._client(request)
+            return
         stats = entry.stats
         if self.transaction.active and kind != _TXN:
             if kind != _SIMPLE:
@@ -940,12 +944,13 @@ class RedisProxyFilter:
         elif kind == _TXN or self.transaction.active:
             slot = self._transactionCommand(request, entry)
         elif kind == _EVAL:
-            if len(request) < 4:
+            index = C.KEY_INDEX[entry.name]
+            if len(request) <= index:
                 stats.error.value += 1  # type: ignore[union-attr]
                 self._local(b"-wrong number of arguments for '" + request[0]
                             + b"' command\r\n")
                 return
-            slot = self._simple(request, entry, 3)
+            slot = self._simple(request, entry, index)
         elif kind == _MGET:
             slot = self._split(request, entry, b"GET", 1, _combineMget)
         elif kind == _MSET:
@@ -1031,9 +1036,10 @@ class RedisProxyFilter:
 
     def _hello(self, request: list[bytes]) -> None:
         """
-        HELLO (pyenvoy only; Envoy answers "unknown command"): RESP2 is
-        all the proxy speaks, so HELLO 3 gets Redis's NOPROTO and clients
-        stay on RESP2.  C{AUTH} inside HELLO is the proxy's AUTH.
+        HELLO as Envoy 1.40 answers it: RESP2 is all the proxy speaks, so
+        another version gets C{NOPROTO} and clients stay on RESP2;
+        C{AUTH} inside HELLO is the proxy's AUTH; the reply is Envoy's but
+        for the server's name.
         """
         args = request[1:]
         if args:
@@ -1042,33 +1048,50 @@ class RedisProxyFilter:
             except ValueError:
                 version = 0
             if version != 2:
-                self._local(b"-NOPROTO sorry, this protocol version is not supported\r\n")
+                self._local(b"-NOPROTO unsupported protocol version\r\n")
                 return
             args = args[1:]
         while args:
             option = args[0].lower()
-            if option == b"auth" and len(args) >= 3:
-                config = self.shared.config
-                if config.authPasswords or config.authUsername:
-                    before = len(self._queue)
-                    self._auth([b"AUTH", args[1], args[2]])
-                    if self._queue[-1].reply != OK:
-                        return
-                    # The AUTH reply is not HELLO's: drop it.
-                    while len(self._queue) > before:
-                        self._queue.pop()
+            if option == b"auth":
+                if len(args) < 3:
+                    self._local(
+                        b"-ERR Syntax error: HELLO AUTH requires <username> <password>\r\n")
+                    return
+                before = len(self._queue)
+                self._auth([b"AUTH", args[1], args[2]])
+                if self._queue[-1].reply != OK:
+                    return
+                # The AUTH reply is not HELLO's: drop it.
+                while len(self._queue) > before:
+                    self._queue.pop()
                 args = args[3:]
             elif option == b"setname" and len(args) >= 2:
                 args = args[2:]
             else:
-                self._local(b"-ERR Syntax error in HELLO option '" + args[0] + b"'\r\n")
+                self._local(b"-ERR Syntax error: unknown HELLO option '" + args[0] + b"'\r\n")
                 return
         if not self.authenticated:
             self._local(AUTH_REQUIRED)
             return
-        self._local(encode([b"server", b"pyenvoy", b"version", b"0", b"proto", 2, b"id",
-                            self.connection.id, b"mode", b"standalone", b"role", b"master",
-                            b"modules", []]))
+        self._local(encode([b"server", b"pyenvoy", b"version", b"6.0.0", b"proto", 2, b"id", 0,
+                            b"mode", b"standalone", b"role", b"master", b"modules", []]))
+
+    def _client(self, request: list[bytes]) -> None:
+        """
+        CLIENT as Envoy 1.40 answers it, here: SETNAME and SETINFO are
+        acknowledged (nothing is sent upstream, where connections are
+        shared), every other subcommand refused.
+        """
+        sub = request[1].lower()
+        arity = {b"setname": 3, b"setinfo": 4}.get(sub)
+        if arity is None:
+            self._local(b"-ERR CLIENT subcommand '" + request[1]
+                        + b"' is not supported by the proxy\r\n")
+        elif len(request) != arity:
+            self._local(b"-ERR wrong number of arguments for 'client|" + sub + b"' command\r\n")
+        else:
+            self._local(OK)
 
     def _routeKey(self, request: list[bytes], index: int) -> tuple[Any, bytes]:
         """
@@ -1313,6 +1336,11 @@ class RedisProxyFilter:
         txn = self.transaction
         name = entry.name
         stats = entry.stats
+        if name == "watch" and len(request) < 2:
+            # Envoy's check, with the command as the client spelt it.
+            self._local(b"-wrong number of arguments for '" + request[0] + b"' command\r\n",
+                        stats, False)
+            return None
         if name == "multi":
             if txn.active:
                 self._local(b"-MULTI calls can not be nested\r\n", stats, False)
@@ -1439,7 +1467,10 @@ class RedisProxyFilter:
             entry.stats.error.value += 1  # type: ignore[union-attr]
             self._local(NO_UPSTREAM_HOST)
             return None
-        combine = {"keys": _combineArrays, "dbsize": _combineSum}.get(name, _combineOk)
+        # FLUSHDB/FLUSHALL as Envoy: the shards' reply when all agree, else
+        # the first error.
+        combine = {"keys": _combineArrays, "dbsize": _combineSum}.get(
+            name, cluster_scope.combineSame)
         slot = _Split(self, entry.stats, len(hosts), combine)
         self._queue.append(slot)
         data = encodeCommand(request)
