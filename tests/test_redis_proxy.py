@@ -408,6 +408,52 @@ class ExtensionTests(TestCase):
         self.assertEqual(stat(self.server, "redis.test.command.exec.total"), 1)
 
 
+#: Every C{cluster.<name>.*} stat Envoy 1.40 shows for this setup (a static
+#: RING_HASH cluster of redis-servers behind redis_proxy), recorded from its
+#: C{/stats}; health-check, circuit-breaker and ring stats are tested
+#: elsewhere.  Envoy's C{upstream_rq_per_cx} histogram and
+#: C{default.total_match_count} (transport socket matching) are not here.
+ENVOY_CLUSTER_STATS = """
+    assignment_stale assignment_timeout_received assignment_use_cached bind_errors
+    lb_healthy_panic lb_local_cluster_not_ok lb_recalculate_zone_structures
+    lb_subsets_active lb_subsets_created lb_subsets_fallback lb_subsets_fallback_panic
+    lb_subsets_removed lb_subsets_selected lb_zone_cluster_too_small
+    lb_zone_no_capacity_left lb_zone_routing_all_directly lb_zone_routing_cross_zone
+    lb_zone_routing_sampled max_host_weight membership_change membership_degraded
+    membership_excluded membership_healthy membership_total original_dst_host_invalid
+    redis_cluster.connection_rate_limited
+    redis_cluster.max_upstream_unknown_connections_reached
+    redis_cluster.upstream_commands.upstream_rq_time redis_cluster.upstream_cx_drained
+    redis_cluster.upstream_resp3_hello_failure retry_or_shadow_abandoned update_attempt
+    update_empty update_failure update_no_rebuild update_success upstream_cx_active
+    upstream_cx_close_notify upstream_cx_connect_attempts_exceeded
+    upstream_cx_connect_fail upstream_cx_connect_ms upstream_cx_connect_timeout
+    upstream_cx_connect_with_0_rtt upstream_cx_destroy upstream_cx_destroy_local
+    upstream_cx_destroy_local_with_active_rq upstream_cx_destroy_remote
+    upstream_cx_destroy_remote_with_active_rq upstream_cx_destroy_with_active_rq
+    upstream_cx_http1_total upstream_cx_http2_total upstream_cx_http3_total
+    upstream_cx_idle_timeout upstream_cx_length_ms upstream_cx_max_duration_reached
+    upstream_cx_max_requests upstream_cx_none_healthy upstream_cx_overflow
+    upstream_cx_pool_overflow upstream_cx_preconnect_skipped upstream_cx_protocol_error
+    upstream_cx_rx_bytes_buffered upstream_cx_rx_bytes_total upstream_cx_total
+    upstream_cx_tx_bytes_buffered upstream_cx_tx_bytes_total
+    upstream_flow_control_backed_up_total upstream_flow_control_drained_total
+    upstream_flow_control_paused_reading_total
+    upstream_flow_control_resumed_reading_total upstream_http3_broken
+    upstream_internal_redirect_failed_total upstream_internal_redirect_succeeded_total
+    upstream_queue_overloaded upstream_rq_0rtt upstream_rq_active
+    upstream_rq_active_overflow upstream_rq_cancelled upstream_rq_completed
+    upstream_rq_maintenance_mode upstream_rq_max_duration_reached
+    upstream_rq_pending_active upstream_rq_pending_failure_eject
+    upstream_rq_pending_overflow upstream_rq_pending_total
+    upstream_rq_per_try_idle_timeout upstream_rq_per_try_timeout upstream_rq_retry
+    upstream_rq_retry_backoff_exponential upstream_rq_retry_backoff_ratelimited
+    upstream_rq_retry_limit_exceeded upstream_rq_retry_overflow
+    upstream_rq_retry_success upstream_rq_rx_reset upstream_rq_rx_reset_no_error
+    upstream_rq_timeout upstream_rq_total upstream_rq_tx_reset version warming_state
+""".split()
+
+
 class ClusterScopeTests(TestCase):
     """
     Envoy's cluster-scope commands over three real shards: sent to every
@@ -544,6 +590,9 @@ class ClusterScopeTests(TestCase):
 
         encoding, found, replies = await inThread(run)
         self.assertEqual((encoding, found), (b"embstr", [b"palermo"]))
+        # HELLO counted as Envoy counts it: three errors, then a success.
+        self.assertEqual([stat(self.server, f"redis.test.command.hello.{name}")
+                          for name in ("total", "success", "error")], [4, 1, 3])
         self.assertEqual(
             replies,
             b"+OK\r\n+OK\r\n-ERR wrong number of arguments for 'client|setname' command\r\n"
@@ -557,6 +606,19 @@ class ClusterScopeTests(TestCase):
             b"*14\r\n$6\r\nserver\r\n$7\r\npyenvoy\r\n$7\r\nversion\r\n$5\r\n6.0.0\r\n"
             b"$5\r\nproto\r\n:2\r\n$2\r\nid\r\n:0\r\n$4\r\nmode\r\n$10\r\nstandalone\r\n"
             b"$4\r\nrole\r\n$6\r\nmaster\r\n$7\r\nmodules\r\n*0\r\n")
+
+    async def test_envoyStatNames(self) -> None:
+        """
+        pyenvoy shows every cluster stat Envoy 1.40 shows for the same
+        setup, and Envoy's HELLO and C{downstream_rq_noproto} stats.
+        """
+        await inThread(lambda: _client(self.port).ping())
+        store = self.server.context.store
+        missing = [name for name in ENVOY_CLUSTER_STATS
+                   if store.get(f"cluster.redis.{name}") is None]
+        self.assertEqual(missing, [])
+        for name in ("command.hello.total", "command.hello.latency", "downstream_rq_noproto"):
+            self.assertIsNotNone(store.get(f"redis.test.{name}"), name)
 
     async def test_shardDown(self) -> None:
         """

@@ -34,12 +34,35 @@ _COUNTERS = (
     "upstream_flow_control_resumed_reading_total", "membership_change", "update_attempt",
     "update_success", "update_failure", "update_empty", "update_no_rebuild",
     "lb_healthy_panic", "bind_errors",
+    # Envoy creates these for every cluster; pyenvoy has none of what they
+    # count (HTTP pools, retries, zone and subset load balancing, EDS, the
+    # HTTP router's flow control), so, as in Envoy for an L4 proxy, they
+    # stay 0.
+    "assignment_stale", "assignment_timeout_received", "assignment_use_cached",
+    "lb_local_cluster_not_ok", "lb_recalculate_zone_structures", "lb_subsets_created",
+    "lb_subsets_fallback", "lb_subsets_fallback_panic", "lb_subsets_removed",
+    "lb_subsets_selected", "lb_zone_cluster_too_small", "lb_zone_no_capacity_left",
+    "lb_zone_routing_all_directly", "lb_zone_routing_cross_zone", "lb_zone_routing_sampled",
+    "original_dst_host_invalid", "retry_or_shadow_abandoned", "upstream_cx_close_notify",
+    "upstream_cx_connect_with_0_rtt", "upstream_cx_http1_total", "upstream_cx_http2_total",
+    "upstream_cx_http3_total", "upstream_cx_idle_timeout", "upstream_cx_max_duration_reached",
+    "upstream_cx_max_requests", "upstream_cx_pool_overflow", "upstream_cx_preconnect_skipped",
+    "upstream_flow_control_backed_up_total", "upstream_flow_control_drained_total",
+    "upstream_queue_overloaded", "upstream_rq_0rtt", "upstream_rq_active_overflow",
+    "upstream_rq_completed", "upstream_rq_maintenance_mode", "upstream_rq_max_duration_reached",
+    "upstream_rq_per_try_idle_timeout", "upstream_rq_per_try_timeout", "upstream_rq_retry",
+    "upstream_rq_retry_backoff_exponential", "upstream_rq_retry_backoff_ratelimited",
+    "upstream_rq_retry_limit_exceeded", "upstream_rq_retry_overflow",
+    "upstream_rq_retry_success", "upstream_rq_rx_reset", "upstream_rq_rx_reset_no_error",
+    "upstream_rq_tx_reset",
 )
 _GAUGES = (
     "upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
     "upstream_cx_rx_bytes_buffered",
     "membership_total", "membership_healthy",
     "membership_degraded", "membership_excluded", "max_host_weight", "version",
+    # Always 0 here, as in Envoy for a static L4 cluster (see above).
+    "lb_subsets_active", "upstream_http3_broken", "warming_state",
 )
 
 

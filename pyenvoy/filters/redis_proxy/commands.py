@@ -28,7 +28,8 @@ zincrby zinter zinterstore zlexcount zmscore zpopmax zpopmin zrandmember zrange
 zrangebylex zrangebyscore zrangestore zrank zrem zremrangebylex zremrangebyrank
 zremrangebyscore zrevrange zrevrangebylex zrevrangebyscore zrevrank zscan zscore
 zunion zunionstore copy rename renamenx msetnx bitop georadius georadiusbymember
-geosearchstore
+geosearchstore hexpire hexpireat hexpiretime hpersist hpexpire hpexpireat hpexpiretime hpttl
+httl
 """.split())
 
 #: Commands hashed on a later argument than the first, by its index:
@@ -79,7 +80,7 @@ zpopmin zpopmax zrem zremrangebylex zremrangebyrank zremrangebyscore unlink
 
 #: Every command with per-command stats (Envoy creates them all up front).
 WITH_STATS = (SIMPLE | EVAL | SUM_SPLIT | TRANSACTION | BLOCKING | SUBSCRIBE | FAN_OUT
-              | CLUSTER_SCOPE | {"mget", "mset", SELECT})
+              | CLUSTER_SCOPE | {"mget", "mset", SELECT, "hello"})
 
 #: Every command the proxy knows; anything else is "unknown command".
 KNOWN = WITH_STATS | LOCAL

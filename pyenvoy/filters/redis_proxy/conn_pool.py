@@ -491,8 +491,10 @@ class ConnPool:
         clusterScope = store.scope(f"cluster.{self.cluster.config.statName}")
         self.redisClusterScope = clusterScope.scope("redis_cluster")
         for name in ("upstream_cx_drained", "max_upstream_unknown_connections_reached",
-                     "connection_rate_limited"):
+                     "connection_rate_limited", "upstream_resp3_hello_failure"):
             self.redisClusterScope.counter(name)
+        # Envoy creates it with the pool; it records with enable_command_stats.
+        self.redisClusterScope.scope("upstream_commands").histogram("upstream_rq_time")
         self.upstreamRqTimeout = clusterScope.counter("upstream_rq_timeout")
         #: Envoy's cluster stats for MOVED/ASK followed or passed back as
         #: they came, and for a shard that sent bad RESP.

@@ -159,7 +159,9 @@ class _Shared:
         scope = store.scope(f"redis.{config.statPrefix}")
         for name in ("downstream_cx_drain_close", "downstream_cx_protocol_error",
                      "downstream_cx_rx_bytes_total", "downstream_cx_total",
-                     "downstream_cx_tx_bytes_total", "downstream_rq_total"):
+                     "downstream_cx_tx_bytes_total", "downstream_rq_total",
+                     # Envoy 1.40 has it; HELLO 3 leaves it at 0 there too.
+                     "downstream_rq_noproto"):
             setattr(self, name, scope.counter(name))
         for name in ("downstream_cx_active", "downstream_cx_rx_bytes_buffered",
                      "downstream_cx_tx_bytes_buffered", "downstream_rq_active"):
@@ -895,7 +897,9 @@ class RedisProxyFilter:
             self._auth(request)
             return
         if kind == _HELLO:
-            self._hello(request)
+            # Counted as Envoy counts it: total, then success or error.
+            entry.stats.total.value += 1  # type: ignore[union-attr]
+            self._hello(request, entry.stats)
             return
         if not self.authenticated:
             self._local(AUTH_REQUIRED)
@@ -1034,7 +1038,7 @@ class RedisProxyFilter:
             self._queue.append(slot)
             slot.complete(OK, True)
 
-    def _hello(self, request: list[bytes]) -> None:
+    def _hello(self, request: list[bytes], stats: _CommandStats | None = None) -> None:
         """
         HELLO as Envoy 1.40 answers it: RESP2 is all the proxy speaks, so
         another version gets C{NOPROTO} and clients stay on RESP2;
@@ -1048,7 +1052,7 @@ class RedisProxyFilter:
             except ValueError:
                 version = 0
             if version != 2:
-                self._local(b"-NOPROTO unsupported protocol version\r\n")
+                self._local(b"-NOPROTO unsupported protocol version\r\n", stats, False)
                 return
             args = args[1:]
         while args:
@@ -1056,11 +1060,14 @@ class RedisProxyFilter:
             if option == b"auth":
                 if len(args) < 3:
                     self._local(
-                        b"-ERR Syntax error: HELLO AUTH requires <username> <password>\r\n")
+                        b"-ERR Syntax error: HELLO AUTH requires <username> <password>\r\n",
+                        stats, False)
                     return
                 before = len(self._queue)
                 self._auth([b"AUTH", args[1], args[2]])
                 if self._queue[-1].reply != OK:
+                    if stats is not None:
+                        stats.error.value += 1
                     return
                 # The AUTH reply is not HELLO's: drop it.
                 while len(self._queue) > before:
@@ -1069,13 +1076,15 @@ class RedisProxyFilter:
             elif option == b"setname" and len(args) >= 2:
                 args = args[2:]
             else:
-                self._local(b"-ERR Syntax error: unknown HELLO option '" + args[0] + b"'\r\n")
+                self._local(b"-ERR Syntax error: unknown HELLO option '" + args[0] + b"'\r\n",
+                            stats, False)
                 return
         if not self.authenticated:
-            self._local(AUTH_REQUIRED)
+            self._local(AUTH_REQUIRED, stats, False)
             return
         self._local(encode([b"server", b"pyenvoy", b"version", b"6.0.0", b"proto", 2, b"id", 0,
-                            b"mode", b"standalone", b"role", b"master", b"modules", []]))
+                            b"mode", b"standalone", b"role", b"master", b"modules", []]),
+                    stats)
 
     def _client(self, request: list[bytes]) -> None:
         """
