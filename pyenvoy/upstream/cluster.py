@@ -48,7 +48,7 @@ _COUNTERS = (
     "upstream_cx_http3_total", "upstream_cx_idle_timeout", "upstream_cx_max_duration_reached",
     "upstream_cx_max_requests", "upstream_cx_pool_overflow", "upstream_cx_preconnect_skipped",
     "upstream_flow_control_backed_up_total", "upstream_flow_control_drained_total",
-    "upstream_http3_broken", "upstream_queue_overloaded", "upstream_rq_0rtt", "upstream_rq_active_overflow",
+    "upstream_http3_broken", "upstream_rq_0rtt", "upstream_rq_active_overflow",
     "upstream_rq_completed", "upstream_rq_maintenance_mode", "upstream_rq_max_duration_reached",
     "upstream_rq_per_try_idle_timeout", "upstream_rq_per_try_timeout", "upstream_rq_retry",
     "upstream_rq_retry_backoff_exponential", "upstream_rq_retry_backoff_ratelimited",
@@ -62,7 +62,7 @@ _GAUGES = (
     "membership_total", "membership_healthy",
     "membership_degraded", "membership_excluded", "max_host_weight", "version",
     # Always 0 here, as in Envoy for a static L4 cluster (see above).
-    "lb_subsets_active", "warming_state",
+    "lb_subsets_active", "upstream_queue_overloaded", "warming_state",
 )
 
 
