@@ -366,6 +366,8 @@ class UpstreamFailureTests(TestCase):
         self.assertEqual(stat(server, "cluster.backend.upstream_cx_connect_timeout"), 1)
         self.assertEqual(stat(server, "cluster.backend.upstream_cx_connect_fail"), 1)
         self.assertEqual(stat(server, "cluster.backend.upstream_cx_destroy_local"), 1)
+        # Never connected: no request was active.
+        self.assertEqual(stat(server, "cluster.backend.upstream_cx_destroy_with_active_rq"), 0)
 
     async def test_upstreamDiesMidStream(self) -> None:
         """
@@ -386,6 +388,10 @@ class UpstreamFailureTests(TestCase):
         from twisted.internet.error import ConnectionDone
         self.assertIsInstance(client.reason.value, ConnectionDone)
         self.assertEqual(stat(server, "cluster.backend.upstream_cx_destroy_remote"), 1)
+        # As Envoy's TCP pool: tcp_proxy's request is active until the end.
+        self.assertEqual(
+            [stat(server, f"cluster.backend.upstream_cx_destroy{kind}_with_active_rq")
+             for kind in ("", "_remote", "_local")], [1, 1, 0])
 
     async def test_retryPicksAnotherHost(self) -> None:
         """

@@ -38,6 +38,8 @@ _COUNTERS = (
     "downstream_cx_tx_bytes_total", "downstream_flow_control_paused_reading_total",
     "downstream_flow_control_resumed_reading_total", "early_data_received_count_total",
     "idle_timeout", "max_downstream_connection_duration", "upstream_flush_total",
+    # In Envoy 1.40's /stats for every tcp_proxy; nothing here changes them.
+    "downstream_cx_drain_close", "downstream_cx_overload_close", "route_delayed_total",
 )
 #: How many times per idle_timeout the idle timer looks for activity.
 IDLE_CHECKS = 8

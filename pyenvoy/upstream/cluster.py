@@ -34,6 +34,9 @@ _COUNTERS = (
     "upstream_flow_control_resumed_reading_total", "membership_change", "update_attempt",
     "update_success", "update_failure", "update_empty", "update_no_rebuild",
     "lb_healthy_panic", "bind_errors",
+    # Counted by redis_proxy's pools; Envoy creates them for every cluster.
+    "upstream_cx_protocol_error", "upstream_rq_timeout",
+    "upstream_internal_redirect_succeeded_total", "upstream_internal_redirect_failed_total",
     # Envoy creates these for every cluster; pyenvoy has none of what they
     # count (HTTP pools, retries, zone and subset load balancing, EDS, the
     # HTTP router's flow control), so, as in Envoy for an L4 proxy, they

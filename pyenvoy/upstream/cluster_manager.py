@@ -237,7 +237,8 @@ class UpstreamConnection:
         stats = self.cluster.stats
         stats.upstream_cx_active.value -= 1
         self.host.stats.cx_active -= 1
-        if self.request and self.connected:
+        active = self.request and self.connected
+        if active:
             stats.upstream_rq_active.value -= 1
             self.host.stats.rq_active -= 1
         self.cluster.connectionRemoved()
@@ -247,6 +248,14 @@ class UpstreamConnection:
                 stats.upstream_cx_destroy_local.value += 1
             else:
                 stats.upstream_cx_destroy_remote.value += 1
+            if active:
+                # As Envoy's TCP pool: the connection's one request (the
+                # filter's hold on it) is active until the connection ends.
+                stats.upstream_cx_destroy_with_active_rq.value += 1
+                if local:
+                    stats.upstream_cx_destroy_local_with_active_rq.value += 1
+                else:
+                    stats.upstream_cx_destroy_remote_with_active_rq.value += 1
 
     def _lost(self) -> None:
         if self.closed:
