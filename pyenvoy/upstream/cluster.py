@@ -63,6 +63,8 @@ _GAUGES = (
     "upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
     "upstream_cx_rx_bytes_buffered",
     "membership_total", "membership_healthy",
+    # max_host_weight: Envoy sets it for EDS clusters only; 0 for static and
+    # DNS ones (seen on Envoy 1.40 with a weight-3 host), as here.
     "membership_degraded", "membership_excluded", "max_host_weight", "version",
     # Always 0 here, as in Envoy for a static L4 cluster (see above).
     "lb_subsets_active", "upstream_queue_overloaded", "warming_state",
@@ -189,7 +191,6 @@ class Cluster:
             s.membership_change.value += 1
         s.membership_total.value = len(merged)
         s.membership_healthy.value = sum(1 for h in merged if h.healthy)
-        s.max_host_weight.value = max((h.weight for h in merged), default=0)
         if self.healthChecker is not None and (added or removed):
             self.healthChecker.hostsChanged(added, removed)
 
