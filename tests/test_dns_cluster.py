@@ -94,6 +94,8 @@ class DnsClusterTests(SynchronousTestCase):
         reactor.advance(2)
         self.assertIs(cluster.hosts[0], host)
         self.assertEqual(cluster.stats.update_no_rebuild.value, 1)
+        # As Envoy 1.40: every resolution's hosts are matched again.
+        self.assertEqual(cluster.stats.default_total_match_count.value, 2)
         cluster.stop()
 
     def test_logicalDnsUsesFirstAddressOnly(self) -> None:

@@ -411,9 +411,9 @@ class ExtensionTests(TestCase):
 #: Every C{cluster.<name>.*} stat Envoy 1.40 shows for this setup (a static
 #: RING_HASH cluster of redis-servers behind redis_proxy), recorded from its
 #: C{/stats}; health-check, circuit-breaker and ring stats are tested
-#: elsewhere.  Envoy's C{upstream_rq_per_cx} histogram and
-#: C{default.total_match_count} (transport socket matching) are not here.
+#: elsewhere.  Envoy's C{upstream_rq_per_cx} histogram is not here.
 ENVOY_CLUSTER_STATS = """
+    default.total_match_count
     assignment_stale assignment_timeout_received assignment_use_cached bind_errors
     lb_healthy_panic lb_local_cluster_not_ok lb_recalculate_zone_structures
     lb_subsets_active lb_subsets_created lb_subsets_fallback lb_subsets_fallback_panic

@@ -82,6 +82,7 @@ class ClusterStats:
             setattr(self, name, scope.counter(name))
         for name in _GAUGES:
             setattr(self, name, scope.gauge(name))
+        self.default_total_match_count = scope.scope("default").counter("total_match_count")
         self.upstream_cx_connect_ms = scope.histogram("upstream_cx_connect_ms")
         self.upstream_cx_length_ms = scope.histogram("upstream_cx_length_ms")
         cb = scope.scope("circuit_breakers")
@@ -187,6 +188,10 @@ class Cluster:
         self.hosts = merged
         self.lb.setHosts(merged)
         s = self.stats
+        # Envoy matches each host it builds (every host of every DNS
+        # resolution, too) against its transport_socket_matches; without
+        # any, the "default" match counts it (seen on Envoy 1.40).
+        s.default_total_match_count.value += len(hosts)
         if changed:
             s.membership_change.value += 1
         s.membership_total.value = len(merged)
