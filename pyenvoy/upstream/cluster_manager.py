@@ -244,18 +244,14 @@ class UpstreamConnection:
         self.cluster.connectionRemoved()
         if destroy:
             stats.upstream_cx_destroy.value += 1
-            if local:
-                stats.upstream_cx_destroy_local.value += 1
-            else:
-                stats.upstream_cx_destroy_remote.value += 1
+            (stats.upstream_cx_destroy_local if local
+             else stats.upstream_cx_destroy_remote).value += 1
             if active:
                 # As Envoy's TCP pool: the connection's one request (the
                 # filter's hold on it) is active until the connection ends.
                 stats.upstream_cx_destroy_with_active_rq.value += 1
-                if local:
-                    stats.upstream_cx_destroy_local_with_active_rq.value += 1
-                else:
-                    stats.upstream_cx_destroy_remote_with_active_rq.value += 1
+                (stats.upstream_cx_destroy_local_with_active_rq if local
+                 else stats.upstream_cx_destroy_remote_with_active_rq).value += 1
 
     def _lost(self) -> None:
         if self.closed:
