@@ -1,10 +1,12 @@
 """
-The one thing setup.cfg cannot say: pyenvoy's optional C extension.
+The one thing setup.cfg cannot say: pyenvoy's optional C extensions.
 
 C{pyenvoy.upstream._keyhash} hashes a Redis key and finds its ring or
-Maglev entry in one call (see pyenvoy/upstream/key_lookup.py).  It is
-optional: where it cannot be compiled (no C compiler or Python headers)
-the install goes on and the same functions run in Python.
+Maglev entry in one call (see pyenvoy/upstream/key_lookup.py);
+C{pyenvoy.filters.postgres_proxy._scan} walks a chunk of PostgreSQL
+messages in one call (see pyenvoy/filters/postgres_proxy/scan.py).  They
+are optional: where they cannot be compiled (no C compiler or Python
+headers) the install goes on and the same functions run in Python.
 """
 
 from setuptools import Extension, setup
@@ -13,5 +15,7 @@ setup(
     ext_modules=[
         Extension("pyenvoy.upstream._keyhash", ["pyenvoy/upstream/_keyhash.c"],
                   optional=True),
+        Extension("pyenvoy.filters.postgres_proxy._scan",
+                  ["pyenvoy/filters/postgres_proxy/_scan.c"], optional=True),
     ],
 )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import logging
 import re
-import struct
 from dataclasses import dataclass
 from typing import Any, Callable, TypeAlias
 
@@ -17,7 +16,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pyenvoy.filters.postgres_proxy.codec import (
-    MAX_MESSAGE_LENGTH, Decoder, MalformedMessage, countRules)
+    Decoder, MalformedMessage, countRules)
+from pyenvoy.filters.postgres_proxy.scan import (
+    DIGITS_AS_ZERO, PythonScanningFilter, ScanningFilter, scanRules)
 from pyenvoy.interfaces import CloseType, FilterStatus, IReadFilter, IWriteFilter
 from pyenvoy.stats import Counter
 
@@ -53,12 +54,6 @@ _STARTUPS = ("StartupMessage", "UnknownStartup")
 #: The typed messages the filter acts on; the decoders only count the rest.
 _FRONTEND_WANTED = frozenset("QPX")
 _BACKEND_WANTED = frozenset("CENR")
-#: A typed message's header, the type as an int.
-_HEADER = struct.Struct("!BI")
-#: Chunks longer than this go to the decoder, which bounds message sizes:
-#: a whole message in a shorter chunk is always within the bound.
-_SCAN_LIMIT = MAX_MESSAGE_LENGTH
-_Q, _P, _X, _C = b"QPXC"
 #: Enum members are slow to look up on their class.
 _CONTINUE = FilterStatus.CONTINUE
 #: Entries in L{_Shared.tags} before it is emptied.
@@ -96,8 +91,6 @@ _NOT_NORMALISABLE = re.compile(r'"|\\|--|/\*|\$(?:(?<=\w\$)|(?!\d))')
 _ASCII_LITERALS = re.compile(_LITERALS.pattern.encode("ascii"))
 _ASCII_NOT_NORMALISABLE = re.compile(_NOT_NORMALISABLE.pattern.encode("ascii"))
 _DIGITS = b"0123456789"
-#: Every ASCII digit as C{0}: a statement's I{outline}.
-_DIGITS_AS_ZERO = bytes.maketrans(_DIGITS, b"0" * 10)
 _MISSING = object()
 #: A parse result as cached: C{((table, (op, ...)), ...)}, C{None} for a
 #: parse error.
@@ -134,8 +127,9 @@ class _Shared:
         whether the connection is in one afterwards (C{None}: unchanged).
     @ivar otherCommand: the same for any other command word.
     @ivar tags: L{commandOf} by the whole CommandComplete tags seen.
-    @ivar frontendRules: L{countRules} of the client's decoder.
-    @ivar backendRules: L{countRules} of the server's decoder.
+    @ivar frontendRules: L{countRules} of the client's decoder, as
+        L{scanRules}.
+    @ivar backendRules: the same for the server's decoder.
     """
 
     def __init__(self, config: PostgresProxyConfig, store: Any,
@@ -147,8 +141,8 @@ class _Shared:
         self.parseSql = parseSql
         self._sqlCache: dict[tuple[str, str | None], _Tables] = {}
         self._outlines: dict[str | None, dict[bytes, _Tables]] = {}
-        self.frontendRules = countRules(True, _FRONTEND_WANTED)
-        self.backendRules = countRules(False, _BACKEND_WANTED)
+        self.frontendRules = scanRules(countRules(True, _FRONTEND_WANTED))
+        self.backendRules = scanRules(countRules(False, _BACKEND_WANTED))
         # The counters of the scan, held directly.
         self.messages = stats["messages"]
         self.messagesFrontend = stats["messages_frontend"]
@@ -205,7 +199,7 @@ class _Shared:
         with the patterns over bytes, which match as over the text).
         """
         outlines = self.outlinesOf(database)
-        outline = raw.translate(_DIGITS_AS_ZERO)
+        outline = raw.translate(DIGITS_AS_ZERO)
         result = outlines.get(outline, _MISSING)
         if result is not _MISSING:
             return result  # type: ignore[return-value]
@@ -272,23 +266,26 @@ class _Shared:
         stats[direction].value += n
 
 
-@implementer(IReadFilter, IWriteFilter)
-class PostgresProxyFilter:
+class PostgresProxyLogic:
     """
     One connection: decodes the client's messages on the read path and
     the server's on the write path, counts them as Envoy does, and always
     lets the bytes through untouched.
 
     Once the login is past, a chunk that starts at a message boundary (the
-    usual case: a client's queries, a server's replies) is scanned here in
-    one loop: whole messages the decoder would only count are counted by
-    their header (with its length rules, L{countRules}), Query, Parse,
-    Terminate and CommandComplete are acted on from the raw bytes.  At
-    anything else (a message cut by the chunk's end, an unknown type, an
-    ErrorResponse, a malformed length) the rest of the chunk goes to the
+    usual case: a client's queries, a server's replies) is scanned in one
+    call (L{pyenvoy.filters.postgres_proxy.scan}, in C when built): whole messages
+    the decoder would only count are counted by their header (with its
+    length rules, L{countRules}), Query, Parse and CommandComplete are
+    acted on from the raw bytes.  At anything else (a message cut by the
+    chunk's end, an unknown type, a Terminate, an ErrorResponse, a
+    malformed length) the rest of the chunk goes to the
     L{Decoder}, which decides exactly as if it had seen the whole chunk.
     A chunk that starts inside a message gives the decoder what completes
     that message (L{Decoder.needed}), and the scan goes on from there.
+
+    The scan's C{onData}/C{onWrite} come from a L{ScanningFilter} base
+    (see L{PostgresProxyFilter}), whose hooks are the methods here.
 
     @cvar scanning: whether that scan is used at all; the tests turn it off
         to check that both ways count the same.
@@ -303,20 +300,29 @@ class PostgresProxyFilter:
         self.backend = Decoder(frontend=False, only=_BACKEND_WANTED)
         self.started = False
         self.inTransaction = False
+        self._frontendRules = shared.frontendRules
+        self._backendRules = shared.backendRules
+        self._tags = shared.tags
+        self._messages = shared.messages
+        self._messagesFrontend = shared.messagesFrontend
+        self._messagesBackend = shared.messagesBackend
+        self._parsed = shared.parsed
         self.parameters: dict[str, str] = {}
         #: The C{database} startup parameter (or the user), for the SQL cache.
         self._database: str | None = None
         self._parsing = shared.parseSql is not None
-        #: The database's outline cache, from the StartupMessage on.
+        #: The database's outline cache, from the StartupMessage on; the
+        #: scan's C{_scanOutlines} too when SQL is parsed.
         self._outlines: dict[bytes, Any] = {}
-        #: Whether the next chunk of each side may be scanned here.
         self._scanFrontend = False
         self._scanBackend = False
-        #: The parse result last written to the dynamic metadata.
-        self._lastTables: Any = None
+        self._scanOutlines = None
+        self._lastTables = None
         #: Each table's operations as last written to the dynamic metadata
-        #: (the cached tuple), so that an unchanged entry is not rewritten.
+        #: (the cached tuple), so that an unchanged entry is not rewritten;
+        #: the scan's C{_scanWritten} once the metadata exists.
         self._written: dict[str, tuple[str, ...]] = {}
+        self._scanWritten = None
         #: The filter's namespace in the dynamic metadata, once set.
         self._metadata: dict[str, list[str]] | None = None
         #: terminate_ssl: the client's first bytes, held until its first
@@ -347,63 +353,6 @@ class PostgresProxyFilter:
         scan = self.scanning and self.sniffing and self._replay is None
         self._scanFrontend = (scan and self._early is None and self.frontend.atBoundary)
         self._scanBackend = scan and self.started and self.backend.atBoundary
-
-    def onData(self, data: bytes, endStream: bool) -> FilterStatus:
-        """
-        Decode what the client sent.
-        """
-        if not self._scanFrontend or type(data) is not bytes or len(data) > _SCAN_LIMIT:
-            return self._aside(data, endStream, True)
-        size = len(data)
-        pos = n = 0
-        unpack = _HEADER.unpack_from
-        rules = self.shared.frontendRules
-        while size - pos >= 5:
-            kind, length = unpack(data, pos)
-            end = pos + length + 1
-            if length < 4 or end > size:
-                break
-            rule = rules[kind]
-            if rule >= 0:
-                if rule and length != rule:
-                    break
-            elif kind == _Q or kind == _P:
-                start = pos + 5
-                if kind == _P:
-                    start = data.find(b"\0", start, end) + 1  # past the statement's name
-                    if not start:
-                        break
-                sql = data[start:end - 1]
-                if data[end - 1] or 0 in sql:
-                    # Not the one NUL at the end (rare): up to the first.
-                    nul = data.find(b"\0", start, end)
-                    if nul < 0:
-                        break
-                    sql = data[start:nul]
-                if self._parsing:
-                    found = (self._outlines.get(sql.translate(_DIGITS_AS_ZERO), _MISSING)
-                             if sql.isascii() else _MISSING)
-                    if found is self._lastTables and found is not None:
-                        # The statement shape of the last one: counted only.
-                        self.shared.parsed.value += 1
-                    else:
-                        self._sql(sql, found)
-            elif kind == _X and length == 4:
-                if self.inTransaction:
-                    self.inTransaction = False
-                    self.shared.rollbacks.value += 1
-            else:
-                break
-            n += 1
-            pos = end
-        if n:
-            shared = self.shared
-            shared.messages.value += n
-            shared.messagesFrontend.value += n
-        if pos < size:
-            self._decodeFrontend(data[pos:], endStream)
-            self._rescan()
-        return _CONTINUE
 
     def _aside(self, data: bytes, endStream: bool, frontend: bool) -> FilterStatus:
         """
@@ -541,50 +490,11 @@ class PostgresProxyFilter:
         shared.inc("sessions_terminated_ssl")
         return True
 
-    def onWrite(self, data: bytes, endStream: bool) -> FilterStatus:
+    def _newTag(self, tag: bytes) -> None:
         """
-        Decode what the server sent (once the client's startup is seen).
+        The scan met a CommandComplete tag not in C{_tags}: add it.
         """
-        if not self._scanBackend or type(data) is not bytes or len(data) > _SCAN_LIMIT:
-            return self._aside(data, endStream, False)
-        size = len(data)
-        pos = n = 0
-        unpack = _HEADER.unpack_from
-        rules = self.shared.backendRules
-        tags = self.shared.tags
-        while size - pos >= 5:
-            kind, length = unpack(data, pos)
-            end = pos + length + 1
-            if length < 4 or end > size:
-                break
-            rule = rules[kind]
-            if rule >= 0:
-                if rule and length != rule:
-                    break
-            elif kind == _C:
-                tag = data[pos + 5:end - 1]
-                if data[end - 1] or 0 in tag:
-                    nul = data.find(b"\0", pos + 5, end)
-                    if nul < 0:
-                        break
-                    tag = data[pos + 5:nul]
-                idle, busy, after = tags.get(tag) or self.shared.commandOf(tag)
-                for counter in (busy if self.inTransaction else idle):
-                    counter.value += 1
-                if after is not None:
-                    self.inTransaction = after
-            else:
-                break
-            n += 1
-            pos = end
-        if n:
-            shared = self.shared
-            shared.messages.value += n
-            shared.messagesBackend.value += n
-        if pos < size:
-            self._decodeBackend(data[pos:], endStream)
-            self._rescan()
-        return _CONTINUE
+        self.shared.commandOf(tag)
 
     def _decodeBackend(self, data: bytes, endStream: bool) -> FilterStatus:
         """
@@ -657,6 +567,8 @@ class PostgresProxyFilter:
                     self.parameters["database"] = self.parameters["user"]
                 self._database = self.parameters.get("database")
                 self._outlines = shared.outlinesOf(self._database)
+                if self._parsing:
+                    self._scanOutlines = self._outlines
                 self.started = True
             else:
                 # A protocol other than 3.x (Envoy would read on as if 3.0).
@@ -713,7 +625,7 @@ class PostgresProxyFilter:
         """
         shared = self.shared
         if found is _MISSING and type(sql) is bytes and sql.isascii():
-            found = self._outlines.get(sql.translate(_DIGITS_AS_ZERO), _MISSING)
+            found = self._outlines.get(sql.translate(DIGITS_AS_ZERO), _MISSING)
         tables = shared.tables(sql, self._database) if found is _MISSING else found
         if tables is None:
             shared.parseErrors.value += 1
@@ -728,11 +640,27 @@ class PostgresProxyFilter:
             # Envoy sets the namespace after every parse, tables or not.
             metadata = self._metadata = self.connection.streamInfo.dynamicMetadata.setdefault(
                 METADATA_NAMESPACE, {})
+            self._scanWritten = self._written
         written = self._written
         for table, ops in tables:
             if written.get(table) is not ops:
                 metadata[table] = list(ops)
                 written[table] = ops
+
+
+@implementer(IReadFilter, IWriteFilter)
+class PostgresProxyFilter(PostgresProxyLogic, ScanningFilter):
+    """
+    postgres_proxy on one connection, its scan in C where the extension
+    was built (L{pyenvoy.filters.postgres_proxy.scan.ACCELERATED}).
+    """
+
+
+@implementer(IReadFilter, IWriteFilter)
+class PythonPostgresProxyFilter(PostgresProxyLogic, PythonScanningFilter):
+    """
+    The same with the scan in Python: what the tests compare with.
+    """
 
 
 def parseSql(sql: str, database: str | None) -> dict[str, list[str]] | None:
