@@ -12,7 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from pyenvoy.filters.postgres_proxy import PostgresProxyConfig, factory
+import pyenvoy.filters.postgres_proxy as postgres_proxy
+from pyenvoy.filters.postgres_proxy import (
+    PostgresProxyConfig, PostgresProxyFilter, PythonPostgresProxyFilter, factory)
 from pyenvoy.filters.postgres_proxy.codec import (
     MAX_STARTUP_PACKET_LENGTH, Decoder, MalformedMessage, Message)
 from pyenvoy.stats import Store
@@ -203,15 +205,18 @@ SESSION = (
 
 class ScanFuzzTests(SynchronousTestCase):
     """
-    The filter's own scan of whole messages and its decoder count alike.
+    The filter's own scan of whole messages (in C and in Python) and its
+    decoder count alike.
     """
 
-    def replay(self, scanning: bool, turns: list[tuple[list[bytes], list[bytes]]]) -> Any:
+    def replay(self, filterClass: type, scanning: bool,
+               turns: list[tuple[list[bytes], list[bytes]]]) -> Any:
         """
         Each turn's client pieces, then its server pieces, through a
-        filter with its scan on or off; the counters, the metadata and the
-        bytes that went through.
+        C{filterClass} filter with its scan on or off; the counters, the
+        metadata and the bytes that went through.
         """
+        self.patch(postgres_proxy, "PostgresProxyFilter", filterClass)
         store = Store()
         harness = FilterHarness([])
         makeFilter = factory.createFilterFactory(
@@ -232,7 +237,10 @@ class ScanFuzzTests(SynchronousTestCase):
     @given(cuts, cuts, st.lists(edits, max_size=1), st.booleans())
     def test_scanAgreesWithDecoder(self, clientCuts: list[int], serverCuts: list[int],
                                    changes: list[Any], toServer: bool) -> None:
-        """A session, maybe mutated, in any pieces: scanned or decoded, the same counts."""
+        """
+        A session, maybe mutated, in any pieces: scanned in C, scanned in
+        Python or decoded, the same counts.
+        """
         client = [c for c, _ in SESSION]
         server = [s for _, s in SESSION]
         if changes:
@@ -242,8 +250,9 @@ class ScanFuzzTests(SynchronousTestCase):
             side[i] = mutate(side[i], changes[0])
         turns = [([p for p in pieces(c, clientCuts) if p], [p for p in pieces(s, serverCuts) if p])
                  for c, s in zip(client, server)]
-        scanned = self.replay(True, turns)
-        self.assertEqual(scanned, self.replay(False, turns))
-        self.assertEqual(scanned[2:], (b"".join(client), b"".join(server)))
+        decoded = self.replay(PythonPostgresProxyFilter, False, turns)
+        for filterClass in {PostgresProxyFilter, PythonPostgresProxyFilter}:
+            self.assertEqual(self.replay(filterClass, True, turns), decoded, filterClass)
+        self.assertEqual(decoded[2:], (b"".join(client), b"".join(server)))
         if not changes:
-            self.assertEqual(scanned[0]["postgres.s.transactions_commit"], 3)
+            self.assertEqual(decoded[0]["postgres.s.transactions_commit"], 3)

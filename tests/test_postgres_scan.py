@@ -1,14 +1,14 @@
 """
 Tests for L{pyenvoy.filters.postgres_proxy.scan}: the C extension and the
-Python functions scan alike (on hand-made cases and on random and mutated
-streams), and the filter counts the same with either.
+Python functions scan alike, on hand-made cases and on random and mutated
+streams.  (That the filter counts the same on either scan and on its
+decoder alone is in tests/test_postgres_fuzz.py.)
 """
 
 from __future__ import annotations
 
 import importlib.util
 import sys
-from types import SimpleNamespace
 from typing import Any, Callable
 
 from hypothesis import given
@@ -16,16 +16,13 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 import pyenvoy.filters.postgres_proxy as postgres_proxy
-from pyenvoy.filters.postgres_proxy import (
-    PostgresProxyConfig, PythonPostgresProxyFilter, factory, scan)
+from pyenvoy.filters.postgres_proxy import scan
 from pyenvoy.filters.postgres_proxy.codec import countRules
 from pyenvoy.filters.postgres_proxy.scan import (
     ACT, pythonScanBackend, pythonScanFrontend, scanRules)
-from pyenvoy.stats import Counter, Store
-from pyenvoy.testing import FilterHarness
-from tests.test_mongo_proxy import Sink
+from pyenvoy.stats import Counter
 from tests.test_postgres_codec import backend, frontend
-from tests.test_postgres_fuzz import FUZZ, SESSION, cuts, edits, mutate, pieces
+from tests.test_postgres_fuzz import FUZZ, edits, mutate
 
 try:
     from pyenvoy.filters.postgres_proxy import _scan
@@ -35,11 +32,8 @@ except ImportError:  # reported by test_extensionBuilt
 #: (name, scanFrontend, scanBackend) of each implementation there is.
 IMPLEMENTATIONS: list[tuple[str, Callable[..., Any], Callable[..., Any]]] = [
     ("python", pythonScanFrontend, pythonScanBackend)]
-#: The filter on each scan there is.
-FILTER_CLASSES: list[type] = [PythonPostgresProxyFilter]
 if _scan is not None:
     IMPLEMENTATIONS.append(("C", _scan.scanFrontend, _scan.scanBackend))
-    FILTER_CLASSES.append(postgres_proxy.PostgresProxyFilter)
 
 FRONTEND_RULES = scanRules(countRules(True, frozenset("QPX")))
 BACKEND_RULES = scanRules(countRules(False, frozenset("CENR")))
@@ -365,49 +359,3 @@ class AgreementTests(SynchronousTestCase):
                 tags[tag] = tags[b"SELECT 1"]
             results.append((out, [c.value for c in counters]))
         self.assertEqual(results[0], results[1])
-
-
-class FilterAgreementTests(SynchronousTestCase):
-    """
-    The filter counts a session the same with the C scan, the Python scan
-    and no scan at all.
-    """
-
-    def replay(self, filterClass: type, scanning: bool,
-               turns: list[tuple[list[bytes], list[bytes]]]) -> Any:
-        self.patch(postgres_proxy, "PostgresProxyFilter", filterClass)
-        store = Store()
-        harness = FilterHarness([])
-        makeFilter = factory.createFilterFactory(
-            PostgresProxyConfig("s"), SimpleNamespace(store=store, reactor=harness.reactor))
-        proxy = makeFilter()
-        proxy.scanning = scanning
-        sink = Sink()
-        h = FilterHarness([proxy, sink], reactor=harness.reactor)
-        for client, server in turns:
-            for piece in client:
-                h.receive(piece)
-            for piece in server:
-                h.connection.write(piece)
-        counters = {s.name: s.value for s in store if s.value}
-        return counters, h.connection.streamInfo.dynamicMetadata, sink.received, h.written()
-
-    @FUZZ
-    @given(cuts, cuts, st.lists(edits, max_size=1), st.booleans())
-    def test_sameCounts(self, clientCuts: list[int], serverCuts: list[int],
-                        changes: list[Any], toServer: bool) -> None:
-        """A session, maybe mutated, in any pieces: the same counts every way."""
-        client = [c for c, _ in SESSION]
-        server = [s for _, s in SESSION]
-        if changes:
-            side = server if toServer else client
-            i = changes[0][0][1] % len(side)
-            side[i] = mutate(side[i], changes[0])
-        turns = [([p for p in pieces(c, clientCuts) if p], [p for p in pieces(s, serverCuts) if p])
-                 for c, s in zip(client, server)]
-        results = [self.replay(cls, True, turns) for cls in FILTER_CLASSES]
-        results.append(self.replay(PythonPostgresProxyFilter, False, turns))
-        for other in results[1:]:
-            self.assertEqual(results[0], other)
-        if not changes:
-            self.assertEqual(results[0][0]["postgres.s.transactions_commit"], 3)

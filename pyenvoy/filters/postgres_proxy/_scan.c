@@ -467,24 +467,32 @@ static PyObject *finish(ScanningFilter *self, PyObject *data, PyObject *endStrea
     return Py_NewRef(continue_status);
 }
 
-static int can_scan(PyObject *flag, PyObject *data)
+/* The common start of onData and onWrite: 1 with *result set when the chunk
+ * is not scanned (_aside's answer, or NULL on error), else 0. */
+static int not_scanned(ScanningFilter *self, PyObject *const *args, Py_ssize_t nargs,
+                       PyObject *flag, PyObject *frontend, PyObject **result)
 {
-    return flag == Py_True && PyBytes_CheckExact(data) && PyBytes_GET_SIZE(data) <= scan_limit
-        && continue_status != NULL;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "onData/onWrite(data, endStream)");
+        *result = NULL;
+        return 1;
+    }
+    if (flag == Py_True && PyBytes_CheckExact(args[0])
+            && PyBytes_GET_SIZE(args[0]) <= scan_limit && continue_status != NULL)
+        return 0;
+    *result = PyObject_CallMethodObjArgs((PyObject *)self, str_aside, args[0], args[1],
+                                         frontend, NULL);
+    return 1;
 }
 
 PyDoc_STRVAR(onData_doc, "onData(data, endStream): the client's chunk, scanned if it may be.");
 
 static PyObject *Filter_onData(ScanningFilter *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "onData(data, endStream)");
-        return NULL;
-    }
+    PyObject *result;
+    if (not_scanned(self, args, nargs, self->scanFrontend, Py_True, &result))
+        return result;
     PyObject *data = args[0], *endStream = args[1];
-    if (!can_scan(self->scanFrontend, data))
-        return PyObject_CallMethodObjArgs((PyObject *)self, str_aside, data, endStream,
-                                          Py_True, NULL);
     Py_ssize_t pos = 0, n = 0, repeats = 0;
     for (;;) {
         const unsigned char *rules = rules_of(self->frontendRules);
@@ -518,14 +526,10 @@ PyDoc_STRVAR(onWrite_doc, "onWrite(data, endStream): the server's chunk, scanned
 
 static PyObject *Filter_onWrite(ScanningFilter *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "onWrite(data, endStream)");
-        return NULL;
-    }
+    PyObject *result;
+    if (not_scanned(self, args, nargs, self->scanBackend, Py_False, &result))
+        return result;
     PyObject *data = args[0], *endStream = args[1];
-    if (!can_scan(self->scanBackend, data))
-        return PyObject_CallMethodObjArgs((PyObject *)self, str_aside, data, endStream,
-                                          Py_False, NULL);
     if (!PyDict_CheckExact(self->tags)) {
         PyErr_SetString(PyExc_TypeError, "_tags must be a dict");
         return NULL;

@@ -51,6 +51,19 @@ def scanRules(countRules: tuple[int, ...]) -> bytes:
     return bytes(ACT if rule < 0 else rule for rule in countRules)
 
 
+def _wholeMessage(data: bytes, pos: int, rules: bytes) -> tuple[int, int]:
+    """
+    The type byte of the message whose header is at C{pos}, and its end if
+    it is whole and its length passes C{rules}, else C{-1}.
+    """
+    kind, length = _HEADER.unpack_from(data, pos)
+    end = pos + length + 1
+    rule = rules[kind]
+    if length < 4 or end > len(data) or (rule != ACT and rule and length != rule):
+        return kind, -1
+    return kind, end
+
+
 def pythonScanFrontend(data: bytes, pos: int, rules: bytes, outlines: dict[bytes, Any] | None,
                        last: Any, written: dict[str, Any] | None, missing: Any
                        ) -> tuple[int, int, int, Any, Any]:
@@ -77,18 +90,13 @@ def pythonScanFrontend(data: bytes, pos: int, rules: bytes, outlines: dict[bytes
     counted.  Terminate, ErrorResponse and other types the filter acts on
     stop the scan, as does SQL that is not ASCII.
     """
-    size = len(data)
     n = repeats = 0
-    unpack = _HEADER.unpack_from
-    while size - pos >= 5:
-        kind, length = unpack(data, pos)
-        end = pos + length + 1
-        if length < 4 or end > size:
+    while len(data) - pos >= 5:
+        kind, end = _wholeMessage(data, pos, rules)
+        if end < 0:
             break
-        rule = rules[kind]
-        if rule != ACT:
-            if rule and length != rule:
-                break
+        if rules[kind] != ACT:
+            pass  # only counted
         elif kind == _Q or kind == _P:
             start = pos + 5
             if kind == _P:
@@ -145,18 +153,13 @@ def pythonScanBackend(data: bytes, pos: int, rules: bytes, tags: dict[bytes, Any
     message at C{pos} is then not counted yet: the caller adds the tag
     and scans again from C{pos}).
     """
-    size = len(data)
     n = 0
-    unpack = _HEADER.unpack_from
-    while size - pos >= 5:
-        kind, length = unpack(data, pos)
-        end = pos + length + 1
-        if length < 4 or end > size:
+    while len(data) - pos >= 5:
+        kind, end = _wholeMessage(data, pos, rules)
+        if end < 0:
             break
-        rule = rules[kind]
-        if rule != ACT:
-            if rule and length != rule:
-                break
+        if rules[kind] != ACT:
+            pass  # only counted
         elif kind == _C:
             nul = data.find(b"\0", pos + 5, end)
             if nul < 0:
