@@ -210,16 +210,20 @@ class PythonScanningFilter:
         C{_messagesBackend} and C{_parsed} (C{statements_parsed}) likewise.
     """
 
-    _scanFrontend = _scanBackend = inTransaction = False
-    _scanOutlines: Any = None
-    _lastTables: Any = None
-    _scanWritten: Any = None
-    _frontendRules = _backendRules = bytes(256)
-    _tags: dict[bytes, Any] = {}
-    _messages: Any = None
-    _messagesFrontend: Any = None
-    _messagesBackend: Any = None
-    _parsed: Any = None
+    # Set by the subclass's __init__, as the C type's slots are.
+    _scanFrontend: bool
+    _scanBackend: bool
+    inTransaction: bool
+    _scanOutlines: dict[bytes, Any] | None
+    _lastTables: Any
+    _scanWritten: dict[str, Any] | None
+    _frontendRules: bytes
+    _backendRules: bytes
+    _tags: dict[bytes, Any]
+    _messages: Any
+    _messagesFrontend: Any
+    _messagesBackend: Any
+    _parsed: Any
 
     def onData(self, data: bytes, endStream: bool) -> Any:
         """
