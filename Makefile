@@ -7,14 +7,14 @@ CONFIG ?= etc/pyenvoy.yaml
 TESTS  ?= tests
 # Debian packages the tests and benchmarks drive for real.
 # gcc builds pyenvoy's C extensions (pyenvoy/upstream/_keyhash.c,
-# pyenvoy/filters/postgres_proxy/_scan.c) at install.
+# pyenvoy/filters/postgres_proxy/_scan.c, pyenvoy/network/_relay.c) at install.
 APT_PACKAGES = redis-server redis-tools iperf3 netcat-openbsd bind9-dnsutils postgresql \
 	gcc libc6-dev
 
 .PHONY: run install system-deps test trial packaging-check bench clean
 
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml pyenvoy/upstream/_keyhash.c \
-		pyenvoy/filters/postgres_proxy/_scan.c
+		pyenvoy/filters/postgres_proxy/_scan.c pyenvoy/network/_relay.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

@@ -8,7 +8,8 @@ selectable's C{logPrefix}, a context dict copied and pushed) and reaches
 C{protocol.dataReceived} through C{_doReadOrWrite}, C{doRead} and
 C{_dataReceived}.  This reactor handles the common case, a plain TCP
 connection that is only readable, with one C{recv} and one call to its
-protocol; every other event (writable, hang-up, error, other selectables)
+protocol (L{readPlain}: in C when C{pyenvoy.network._relay} was built, so
+no Python frame wraps it); every other event (writable, hang-up, error, other selectables)
 goes through Twisted's own C{_doReadOrWrite}.  The outcomes are Twisted's:
 an empty read or a failed one disconnects the selectable exactly as
 C{_doReadOrWrite} would, and an exception from the protocol is logged and
@@ -48,6 +49,37 @@ from typing import Any, Callable
 
 from twisted.internet import epollreactor, main, tcp
 from twisted.python import log
+from twisted.python.failure import Failure
+
+try:
+    from pyenvoy.network._relay import readPlain as _cReadPlain
+except ImportError:  # pragma: no cover - the extension was not built
+    _cReadPlain = None
+
+
+def readPlain(transport: Any, lost: Callable[[Any, Any], None]) -> None:
+    """
+    One read of a plain TCP transport: C{tcp.Connection.doRead} without
+    its wrappers.  The bytes go to C{transport.protocol.dataReceived};
+    the end of the stream is reported as C{lost(transport, True)}, a
+    socket error as C{lost(transport, False)}, an exception from the
+    protocol as C{lost(transport, exception)}.  C{pyenvoy.network._relay}
+    has the same function in C, used when it was built.
+    """
+    try:
+        data = transport.socket.recv(transport.bufferSize)
+    except (BlockingIOError, InterruptedError):
+        return
+    except OSError:
+        lost(transport, False)
+        return
+    if not data:
+        lost(transport, True)
+        return
+    try:
+        transport.protocol.dataReceived(data)
+    except BaseException as e:
+        lost(transport, e)
 
 
 def _readsPlainly(cls: type) -> bool:
@@ -73,6 +105,8 @@ class PyenvoyReactor(epollreactor.EPollReactor):
         self._parked: set[int] = set()
         #: What L{callAfterPoll} queued.
         self._afterPoll: list[Callable[[], object]] = []
+        #: Reads a readable plain TCP connection (L{readPlain}, in C if built).
+        self._readPlain = _cReadPlain or readPlain
         super().__init__()
 
     def callAfterPoll(self, f: Callable[[], object]) -> None:
@@ -180,6 +214,7 @@ class PyenvoyReactor(epollreactor.EPollReactor):
             raise
         readOrWrite = self._doReadOrWrite
         plainTypes = self._plainTypes
+        read, readLost = self._readPlain, self._readLost
         for fd, event in events:
             selectable = selectables.get(fd)
             if selectable is None:
@@ -194,7 +229,7 @@ class PyenvoyReactor(epollreactor.EPollReactor):
                         plain = plainTypes[cls] = _readsPlainly(cls)
                     # Connecting or aborting, Twisted swaps doRead per instance.
                     if plain and selectable.connected and not selectable._aborting:
-                        self._readPlain(selectable)
+                        read(selectable, readLost)
                         continue
                 elif fd in self._parked:
                     self._parkedEvent(selectable)
@@ -209,26 +244,18 @@ class PyenvoyReactor(epollreactor.EPollReactor):
 
     doIteration = doPoll
 
-    def _readPlain(self, transport: Any) -> None:
+    def _readLost(self, transport: Any, why: Any) -> None:
         """
-        C{tcp.Connection.doRead} and C{_doReadOrWrite}'s handling of its
-        result, for a transport that is only readable.
+        What C{_doReadOrWrite} does when a read ends the connection: at the
+        end of the stream (C{why} true), on a socket error (false), or
+        when the protocol raised (the exception, logged).
         """
-        try:
-            data = transport.socket.recv(transport.bufferSize)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            self._disconnectSelectable(transport, main.CONNECTION_LOST, True)
-            return
-        if not data:
+        if why is True:
             self._disconnectSelectable(transport, main.CONNECTION_DONE, True)
-            return
-        try:
-            transport.protocol.dataReceived(data)
-        except BaseException:
-            why = sys.exc_info()[1]
-            log.err()
+        elif why is False:
+            self._disconnectSelectable(transport, main.CONNECTION_LOST, True)
+        else:
+            log.err(Failure(why, type(why), why.__traceback__))
             self._disconnectSelectable(transport, why, True)
 
 

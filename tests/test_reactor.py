@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.trial import unittest
 from zope.interface import implementer
 
-from pyenvoy.reactor import PyenvoyReactor, _readsPlainly, installIfNoneChosen
+from pyenvoy.reactor import PyenvoyReactor, _readsPlainly, installIfNoneChosen, readPlain
 
 #: Bound on the polls (and seconds) any one wait may take.
 MAX_POLLS = 200
@@ -174,6 +174,26 @@ class PyenvoyReactorTests(ReactorCase):
         other.sendall(b"after")
         self.pollUntil(lambda: self.protocols[1].received == b"after")
         self.pollUntil(lambda: self.flushLoggedErrors(ValueError))
+
+
+class PythonReadPlainTests(PyenvoyReactorTests):
+    """
+    The same with the Python L{readPlain}, which runs when the C relay
+    extension was not built.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.reactor._readPlain = readPlain
+
+    def test_cReadPlainByDefault(self) -> None:
+        """
+        Where the extension was built, the reactor reads with its C twin.
+        """
+        from pyenvoy import reactor
+        from pyenvoy.network import _relay
+
+        self.assertIs(reactor._cReadPlain, _relay.readPlain)
 
 
 class CallAfterPollTests(ReactorCase):

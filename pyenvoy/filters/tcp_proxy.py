@@ -18,6 +18,7 @@ from pyenvoy.config.bootstrap import ParseContext
 from pyenvoy.config.reader import Section
 from pyenvoy.interfaces import CloseType, FilterStatus, IReadFilter
 from pyenvoy.network.direct_write import queuedBytes
+from pyenvoy.network.relay import installHops
 from pyenvoy.stream_info import ResponseFlag
 from pyenvoy.upstream.cluster_manager import ConnectStatus, UpstreamConnection
 
@@ -275,6 +276,7 @@ class TcpProxyFilter:
         info.upstreamLocalAddress = upstream.localAddress
         upstream.registerProducer(_DownstreamPauser(self))
         self.connection.registerProducer(_UpstreamPauser(upstream), True)
+        installHops(self, upstream)
         early, self._early = self._early, []
         for data, endStream in early:
             self.onData(data, endStream)

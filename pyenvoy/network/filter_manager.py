@@ -184,12 +184,18 @@ class FilterManager:
                 return
             entry.injected = False
             if onData(data, endStream) is STOP and entry.index < last:
-                if entry.injected:
-                    # It passed its own version on: nothing to hold.
-                    entry.injected = False
-                    return
-                self._hold(entry.index, entry.index + 1, data, endStream)
+                self.stoppedReading(entry, data, endStream)
                 return
+
+    def stoppedReading(self, entry: _ReadEntry, data: bytes, endStream: bool = False) -> None:
+        """
+        The read filter of C{entry}, not the last, returned STOP_ITERATION
+        for C{data}: hold it, unless the filter passed its own version on.
+        """
+        if entry.injected:
+            entry.injected = False
+            return
+        self._hold(entry.index, entry.index + 1, data, endStream)
 
     def onWrite(self, data: bytes, endStream: bool) -> None:
         """
