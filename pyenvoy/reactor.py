@@ -24,6 +24,9 @@ Envoy keeps watching a read-disabled connection for its close: a reset
 (the peer's FIN after ours) is left for when reading resumes, so the
 bytes still unread are delivered first.
 
+Its C{runUntilCurrent} and C{timeout} are Twisted's, skipping their work
+on the (common) wake-ups when no timed call is new or due.
+
 It also runs work queued with L{PyenvoyReactor.callAfterPoll} once every
 event of a poll has been handled, before the reactor waits again: what a
 filter batches over one round of events (redis_proxy's writes) is flushed
@@ -82,6 +85,10 @@ def readPlain(transport: Any, lost: Callable[[Any, Any], None]) -> None:
         lost(transport, e)
 
 
+#: Twisted's longest poll timeout: 2 ** 31 ms, in whole seconds.
+LONGEST_TIMEOUT = 2147483
+
+
 def _readsPlainly(cls: type) -> bool:
     """
     Whether C{cls} reads as C{tcp.Connection} does: exactly
@@ -133,6 +140,38 @@ class PyenvoyReactor(epollreactor.EPollReactor):
                 except BaseException:
                     log.err(None, "Unhandled error in a call after poll")
             queued = self._afterPoll
+
+    # -- timed calls ---------------------------------------------------------------
+
+    def runUntilCurrent(self) -> None:
+        """
+        Twisted's C{runUntilCurrent}, called only when it has something to
+        do: a call from a thread, a new or due timed call, a heap of
+        cancelled calls to clean, a stop.  A busy proxy wakes up for I/O
+        far more often than for timers.
+        """
+        pending = self._pendingTimedCalls
+        cancellations = self._cancellations
+        if (self.threadCallQueue or self._newTimedCalls or self._justStopped
+                or (pending and pending[0].time <= self.seconds())
+                or (cancellations > 50 and cancellations > len(pending) >> 1)):
+            super().runUntilCurrent()
+
+    def timeout(self) -> float | None:
+        """
+        Twisted's C{timeout} (how long the next poll may wait), with its
+        work done only when there is some.
+        """
+        if self._newTimedCalls:
+            self._insertNewDelayedCalls()
+        pending = self._pendingTimedCalls
+        if not pending:
+            return None
+        delay = pending[0].time - self.seconds()
+        # As Twisted: never negative, at most what epoll takes in ms.
+        if delay < 0:
+            return 0
+        return delay if delay < LONGEST_TIMEOUT else LONGEST_TIMEOUT
 
     # -- registration ------------------------------------------------------------
 

@@ -196,6 +196,79 @@ class PythonReadPlainTests(PyenvoyReactorTests):
         self.assertIs(reactor._cReadPlain, _relay.readPlain)
 
 
+class TimedCallTests(unittest.TestCase):
+    """
+    L{PyenvoyReactor.runUntilCurrent} and C{timeout}: Twisted's answers,
+    work skipped only when there is none.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = PyenvoyReactor()
+        self.now = 1000.0
+        self.reactor.seconds = lambda: self.now  # type: ignore[method-assign]
+        self.addCleanup(self.reactor._poller.close)
+        self.addCleanup(self.reactor.disconnectAll)
+
+    def test_timeoutAsTwisted(self) -> None:
+        """
+        None with no timed call, else the delay to the next one, never
+        negative, at most Twisted's longest.
+        """
+        reactor = self.reactor
+        self.assertIsNone(reactor.timeout())
+        first = reactor.callLater(5, lambda: None)
+        self.assertEqual(reactor.timeout(), 5)
+        reactor.callLater(2, lambda: None)
+        self.assertEqual(reactor.timeout(), 2)
+        self.now += 10
+        self.assertEqual(reactor.timeout(), 0)
+        reactor.runUntilCurrent()
+        self.assertFalse(first.active())
+        self.assertIsNone(reactor.timeout())
+        reactor.callLater(10 ** 9, lambda: None)
+        self.assertEqual(reactor.timeout(), 2147483)
+
+    def test_dueCallsRunOthersWait(self) -> None:
+        """
+        A call runs once due, not before; one scheduled by a running call
+        for now runs on the next turn.
+        """
+        ran: list[str] = []
+        reactor = self.reactor
+        reactor.callLater(1, ran.append, "one")
+        reactor.runUntilCurrent()
+        self.assertEqual(ran, [])
+        self.now += 1
+        reactor.runUntilCurrent()
+        self.assertEqual(ran, ["one"])
+        reactor.callLater(0, lambda: reactor.callLater(0, ran.append, "later"))
+        reactor.runUntilCurrent()
+        self.assertEqual(ran, ["one"])
+        reactor.runUntilCurrent()
+        self.assertEqual(ran, ["one", "later"])
+
+    def test_threadCallsRun(self) -> None:
+        """
+        A call from a thread runs on the next turn, with no timer due.
+        """
+        ran: list[int] = []
+        self.reactor.callFromThread(ran.append, 1)
+        self.reactor.runUntilCurrent()
+        self.assertEqual(ran, [1])
+
+    def test_cancelledCallsAreCleanedUp(self) -> None:
+        """
+        Many cancelled calls leave the heap as in Twisted, with none due.
+        """
+        reactor = self.reactor
+        keep = reactor.callLater(100, lambda: None)
+        for _ in range(60):
+            reactor.callLater(50, lambda: None).cancel()
+        reactor.runUntilCurrent()
+        self.assertEqual(reactor._pendingTimedCalls, [keep])
+        self.assertEqual(reactor._cancellations, 0)
+
+
 class CallAfterPollTests(ReactorCase):
     """
     L{PyenvoyReactor.callAfterPoll}: work queued while handling events
