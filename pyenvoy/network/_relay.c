@@ -108,30 +108,35 @@ static int attr_true(PyObject *obj, PyObject *name)
     return truth;
 }
 
+/* obj.name += amount for one (obj, name) pair. */
+static int bump(PyObject *pair, PyObject *amount)
+{
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+        PyErr_SetString(PyExc_TypeError, "a Hop counter is an (object, name) pair");
+        return -1;
+    }
+    PyObject *obj = PyTuple_GET_ITEM(pair, 0), *name = PyTuple_GET_ITEM(pair, 1);
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        return -1;
+    PyObject *total = PyNumber_Add(value, amount);
+    Py_DECREF(value);
+    if (total == NULL)
+        return -1;
+    int failed = PyObject_SetAttr(obj, name, total);
+    Py_DECREF(total);
+    return failed ? -1 : 0;
+}
+
 /* obj.name += amount for each (obj, name) of pairs. */
 static int bump_all(PyObject *pairs, PyObject *amount)
 {
-    Py_ssize_t count = PyTuple_GET_SIZE(pairs);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *pair = PyTuple_GET_ITEM(pairs, i);
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
-            PyErr_SetString(PyExc_TypeError, "a Hop counter is an (object, name) pair");
-            return -1;
-        }
-        PyObject *obj = PyTuple_GET_ITEM(pair, 0), *name = PyTuple_GET_ITEM(pair, 1);
-        PyObject *value = PyObject_GetAttr(obj, name);
-        if (value == NULL)
-            return -1;
-        PyObject *total = PyNumber_Add(value, amount);
-        Py_DECREF(value);
-        if (total == NULL)
-            return -1;
-        int failed = PyObject_SetAttr(obj, name, total);
-        Py_DECREF(total);
-        if (failed)
-            return -1;
-    }
-    return 0;
+    Py_INCREF(pairs);
+    int failed = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(pairs) && !failed; i++)
+        failed = bump(PyTuple_GET_ITEM(pairs, i), amount);
+    Py_DECREF(pairs);
+    return failed;
 }
 
 /* Call f(data, False) and return its result (new reference). */
@@ -226,12 +231,14 @@ static inline int is_open(Hop *self)
     return attr_true(self->connection, str_open);
 }
 
-/* Everything after the first count; -1 with an error set. */
-static int hop_relay(Hop *self, PyObject *data, PyObject *amount)
+/* Run each (entry, onData) of readers, as FilterManager.onRead: 1 when
+ * every one passed the chunk on, 0 when the chunk went no further, -1 with
+ * an error set. */
+static int run_readers(Hop *self, PyObject *readers, PyObject *data)
 {
-    Py_ssize_t count = PyTuple_GET_SIZE(self->readers);
+    Py_ssize_t count = PyTuple_GET_SIZE(readers);
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *pair = PyTuple_GET_ITEM(self->readers, i);
+        PyObject *pair = PyTuple_GET_ITEM(readers, i);
         if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
             PyErr_SetString(PyExc_TypeError, "a Hop reader is an (entry, onData) pair");
             return -1;
@@ -255,6 +262,34 @@ static int hop_relay(Hop *self, PyObject *data, PyObject *amount)
             return 0;
         }
     }
+    return 1;
+}
+
+/* Run each onWrite of writers: 1 when all passed the chunk on, 0 when one
+ * stopped it, -1 with an error set. */
+static int run_writers(PyObject *writers, PyObject *data)
+{
+    Py_ssize_t count = PyTuple_GET_SIZE(writers);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *status = call_data(PyTuple_GET_ITEM(writers, i), data);
+        if (status == NULL)
+            return -1;
+        Py_DECREF(status);
+        if (status == stop_status)
+            return 0;
+    }
+    return 1;
+}
+
+/* Everything after the first count; -1 with an error set. */
+static int hop_relay(Hop *self, PyObject *data, PyObject *amount)
+{
+    /* Held for the call: a filter's Python code runs in between. */
+    PyObject *readers = Py_NewRef(self->readers);
+    int going = run_readers(self, readers, data);
+    Py_DECREF(readers);
+    if (going <= 0)
+        return going;
     if (self->checkOpen) {
         int open = is_open(self);
         if (open <= 0)
@@ -279,15 +314,11 @@ static int hop_relay(Hop *self, PyObject *data, PyObject *amount)
     }
     if (bump_all(self->relayed, amount) < 0)
         return -1;
-    count = PyTuple_GET_SIZE(self->writers);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *status = call_data(PyTuple_GET_ITEM(self->writers, i), data);
-        if (status == NULL)
-            return -1;
-        Py_DECREF(status);
-        if (status == stop_status)
-            return 0;
-    }
+    PyObject *writers = Py_NewRef(self->writers);
+    going = run_writers(writers, data);
+    Py_DECREF(writers);
+    if (going <= 0)
+        return going;
     if (self->checkOpenBeforeSend) {
         int open = is_open(self);
         if (open <= 0)
@@ -308,7 +339,10 @@ static int hop_relay(Hop *self, PyObject *data, PyObject *amount)
         return 0;
     }
     Py_DECREF(send);
-    return send_through(self->transport, data);
+    PyObject *transport = Py_NewRef(self->transport);
+    int sent = send_through(transport, data);
+    Py_DECREF(transport);
+    return sent;
 }
 
 static int hop_ready(Hop *self)
