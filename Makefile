@@ -39,7 +39,7 @@ test: system-deps install packaging-check trial
 
 # The suite runs on pyenvoy's reactor (what `twistd pyenvoy` installs); the
 # proxying tests run again on Twisted's default one, which embedders may use.
-DEFAULT_REACTOR_TESTS = tests.test_tcp_proxy tests.test_tls tests.test_tls_layer \
+DEFAULT_REACTOR_TESTS = tests.test_tcp_proxy tests.test_relay tests.test_tls tests.test_tls_layer \
 	tests.test_upstream_tls tests.test_redis_proxy tests.test_postgres_proxy
 
 trial: install

@@ -8,6 +8,7 @@ write-through itself on a socket pair.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import socket
@@ -165,6 +166,21 @@ class RealSocketTests(TestCase):
                          (total, total))
         self.assertEqual(b"".join(spy.read), b"".join(messages))
         self.assertEqual(b"".join(spy.written), b"".join(messages))
+
+    async def test_freedWithTheirConnection(self) -> None:
+        """
+        A closed connection's Hops (which refer back to it) are collected.
+        """
+        port = listen(self, Echo)
+        gc.collect()
+        before = sum(1 for o in gc.get_objects() if type(o) is Hop)
+        for _ in range(3):
+            await self.roundTrips(port, [b"once"])
+        # The proxy side closes after the client: let it finish.
+        await waitFor(lambda: not any(
+            service.listener.connections for service in self.server.context.listeners))
+        gc.collect()
+        self.assertEqual(sum(1 for o in gc.get_objects() if type(o) is Hop), before)
 
     async def test_sameCountersAsPythonPath(self) -> None:
         """
