@@ -19,9 +19,10 @@ from twisted.web import http
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from pyenvoy.admin_stats import AdminStats, CountedRequest, CountingFactory
 from pyenvoy.config.bootstrap import AdminConfig, Thresholds
 from pyenvoy.config.reader import snakeCase
-from pyenvoy.network.listener import StartupError
+from pyenvoy.network.listener import StartupError, watchAccepts
 from pyenvoy.process_memory import memoryUsage
 from pyenvoy.stats_format import STAT_TYPES, renderJson, renderPrometheus, renderText
 from pyenvoy.upstream.cluster import Cluster
@@ -635,6 +636,8 @@ class AdminService(Service):
         self.config = adminConfig
         self.context = context
         self.site = AdminSite(AdminResource(context))
+        self.site.requestFactory = CountedRequest
+        self.stats = AdminStats(context.store, context.reactor)
         self.port: Any = None
 
     def privilegedStartService(self) -> None:
@@ -644,10 +647,11 @@ class AdminService(Service):
         super().privilegedStartService()
         address = self.config.address
         try:
-            self.port = self.context.reactor.listenTCP(address.port, self.site,
-                                                       interface=address.address)
+            self.port = self.context.reactor.listenTCP(
+                address.port, CountingFactory(self.site, self.stats), interface=address.address)
         except CannotListenError as e:
             raise StartupError(f"admin.address: cannot bind {address}: {e.socketError}") from None
+        watchAccepts(self.port, self.stats.acceptedPerEvent, lambda: self.stats.accepted)
         host = self.port.getHost()
         log.info("admin on {host}:{port}", host=host.host, port=host.port)
 

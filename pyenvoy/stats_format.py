@@ -97,6 +97,12 @@ TAG_EXTRACTORS: list[TagExtractor] = [
                rf"^{_LISTENER_OR_CLUSTER}\.ssl\.versions(\.(TLSv\d\.\d))$"),
     # cluster.<name>.ssl.ciphers.(<cipher>)
     _extractor("cipher_suite", rf"^cluster\.{_VALUE}\.ssl\.ciphers(\.({_CIPHER}))$"),
+    # [<prefix>.]downstream_rq_(<class>)xx: http.admin.* and its listener copy
+    _extractor("envoy.response_code_class", r"_rq_(\d)xx$"),
+    # http.(<stat_prefix>.)*
+    _extractor("envoy.http_conn_manager_prefix", rf"^http\.(({_VALUE})\.)"),
+    # listener.<address>.http.(<stat_prefix>.)*
+    _extractor("envoy.http_conn_manager_prefix", rf"^listener\..*?\.http\.(({_VALUE})\.)"),
     _extractor("envoy.tcp_prefix", rf"^tcp\.(({_VALUE})\.)"),
     _extractor("envoy.udp_prefix", rf"^udp\.(({_VALUE})\.)"),
     _extractor("envoy.clientssl_prefix", rf"^auth\.clientssl\.(({_VALUE})\.)"),

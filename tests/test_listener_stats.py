@@ -91,9 +91,60 @@ class EagerStatsTests(TestCase):
             found = store.get(f"{root}.{name}")
             self.assertIsInstance(found, Gauge, name)
             self.assertEqual(found.value, 0, name)
-        length = store.get(f"{root}.downstream_cx_length_ms")
-        self.assertIsInstance(length, Histogram)
-        self.assertEqual(length.count, 0)
+        for name in ("downstream_cx_length_ms", "connections_accepted_per_socket_event"):
+            histogram = store.get(f"{root}.{name}")
+            self.assertIsInstance(histogram, Histogram, name)
+            self.assertEqual(histogram.count, 0, name)
+
+
+def echoConfig() -> dict[str, Any]:
+    """
+    One echo listener on a free loopback port.
+    """
+    return {"static_resources": {"listeners": [{
+        "name": "proxy",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.echo"}]}]}]}}
+
+
+class AcceptedPerEventTests(TestCase):
+    """
+    C{connections_accepted_per_socket_event}: how many sockets each
+    readable event of the listening socket accepted.
+    """
+
+    def setUp(self) -> None:
+        self.server = startServer(self, echoConfig())
+        self.port = listenerPort(self.server)
+        self.listener = self.server.context.listeners[0].listener
+        self.histogram = self.listener.acceptedPerEvent
+
+    def connect(self) -> socket.socket:
+        raw = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        self.addCleanup(raw.close)
+        return raw
+
+    async def test_oneAtATime(self) -> None:
+        """
+        Connections that arrive one by one are recorded with the number the
+        events accepted, adding up to the connections.
+        """
+        for expected in (1, 2, 3):
+            self.connect()
+            await waitFor(lambda: self.listener.accepted == expected)
+        self.assertEqual(self.histogram.sum, 3)
+        self.assertGreaterEqual(self.histogram.count, 1)
+
+    async def test_pendingAcceptedTogether(self) -> None:
+        """
+        Connections that queued while the reactor was busy are accepted
+        together, as Envoy accepts every pending one per event.
+        """
+        for _ in range(20):
+            self.connect()
+        await waitFor(lambda: self.listener.accepted == 20)
+        self.assertEqual(self.histogram.sum, 20)
+        self.assertLess(self.histogram.count, 20)
 
 
 class ListenerPhaseTests(TestCase):

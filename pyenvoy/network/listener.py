@@ -31,6 +31,26 @@ class StartupError(Exception):
     """
 
 
+def watchAccepts(port: Any, histogram: Any, accepted: Callable[[], int]) -> None:
+    """
+    Record in C{histogram}, for each readable event of the listening
+    C{port}, how many sockets it accepted (C{accepted()} counts them so
+    far): Envoy's C{connections_accepted_per_socket_event}.  Like Envoy
+    without C{max_connections_to_accept_per_socket_event}, Twisted accepts
+    every pending connection per event (up to its own limit).
+    """
+    doRead = port.doRead
+
+    def acceptPending() -> Any:
+        before = accepted()
+        try:
+            return doRead()
+        finally:
+            histogram.record(accepted() - before)
+
+    port.doRead = acceptPending
+
+
 class FilterChain:
     """
     A filter chain ready to make filters for new connections.
@@ -221,6 +241,9 @@ class ActiveListener(Factory):
         self.workerCxTotal = worker.counter("downstream_cx_total")
         self.workerCxActive = worker.gauge("downstream_cx_active")
         self.cxLength = scope.histogram("downstream_cx_length_ms")
+        self.acceptedPerEvent = scope.histogram("connections_accepted_per_socket_event")
+        #: Sockets accepted so far (each one becomes a L{Connection}).
+        self.accepted = 0
         self.noFilterChainMatch = scope.counter("no_filter_chain_match")
         self.preCxActive = scope.gauge("downstream_pre_cx_active")
         self.preCxTimeout = scope.counter("downstream_pre_cx_timeout")
@@ -262,7 +285,9 @@ class ActiveListener(Factory):
         """
         A new L{Connection} for an accepted socket.
         """
+        self.accepted += 1
         return Connection(self, self.reactor)
+
 
     def connectionOpened(self, connection: Connection) -> None:
         """
@@ -394,6 +419,8 @@ class ListenerService(Service):
             self.listener.port = self.context.reactor.listenTCP(
                 address.port, self.listener, backlog=self.config.tcpBacklogSize,
                 interface=address.address)
+            watchAccepts(self.listener.port, self.listener.acceptedPerEvent,
+                         lambda: self.listener.accepted)
         except CannotListenError as e:
             raise StartupError(
                 f"{self.config.path}: listener {self.config.name!r} cannot bind "
