@@ -162,6 +162,7 @@ class AdminTests(TestCase):
         self.assertEqual([line for line in lines if "admin." not in line], [
             "cluster.backend_stats.upstream_cx_connect_ms: No recorded values",
             "cluster.backend_stats.upstream_cx_length_ms: No recorded values",
+            "cluster.backend_stats.upstream_rq_per_cx: No recorded values",
             "listener.127.0.0.1_0.connections_accepted_per_socket_event: No recorded values",
             "listener.127.0.0.1_0.downstream_cx_length_ms: No recorded values",
         ])

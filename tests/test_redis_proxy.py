@@ -411,7 +411,7 @@ class ExtensionTests(TestCase):
 #: Every C{cluster.<name>.*} stat Envoy 1.40 shows for this setup (a static
 #: RING_HASH cluster of redis-servers behind redis_proxy), recorded from its
 #: C{/stats}; health-check, circuit-breaker and ring stats are tested
-#: elsewhere.  Envoy's C{upstream_rq_per_cx} histogram is not here.
+#: elsewhere.
 ENVOY_CLUSTER_STATS = """
     default.total_match_count
     assignment_stale assignment_timeout_received assignment_use_cached bind_errors
@@ -446,7 +446,8 @@ ENVOY_CLUSTER_STATS = """
     upstream_rq_maintenance_mode upstream_rq_max_duration_reached
     upstream_rq_pending_active upstream_rq_pending_failure_eject
     upstream_rq_pending_overflow upstream_rq_pending_total
-    upstream_rq_per_try_idle_timeout upstream_rq_per_try_timeout upstream_rq_retry
+    upstream_rq_per_cx upstream_rq_per_try_idle_timeout upstream_rq_per_try_timeout
+    upstream_rq_retry
     upstream_rq_retry_backoff_exponential upstream_rq_retry_backoff_ratelimited
     upstream_rq_retry_limit_exceeded upstream_rq_retry_overflow
     upstream_rq_retry_success upstream_rq_rx_reset upstream_rq_rx_reset_no_error
