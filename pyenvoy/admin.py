@@ -24,7 +24,13 @@ from pyenvoy.config.bootstrap import AdminConfig, Thresholds
 from pyenvoy.config.reader import snakeCase
 from pyenvoy.network.listener import StartupError, watchAccepts
 from pyenvoy.process_memory import memoryUsage
-from pyenvoy.stats_format import STAT_TYPES, renderJson, renderPrometheus, renderText
+from pyenvoy.stats_format import (
+    BUCKET_MODES,
+    STAT_TYPES,
+    renderJson,
+    renderPrometheus,
+    renderText,
+)
 from pyenvoy.upstream.cluster import Cluster
 from pyenvoy.upstream.host import Host
 
@@ -62,6 +68,11 @@ _HOST_GAUGES = frozenset({"cx_active", "rq_active", "rq_pending_active"})
 #: Query parameters, as C{urllib.parse.parse_qs} gives them (a parameter
 #: without a value, like C{?usedonly}, is kept).
 Params = dict[str, list[str]]
+
+
+#: Envoy's answer to an unknown C{histogram_buckets}.
+BUCKETS_USAGE = ("usage: /stats?histogram_buckets="
+                 "(cumulative|disjoint|detailed|summary|prometheusnative)\n")
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         ("format", "Format to use; One of (text, json, prometheus)"),
         ("type", "Stat types to include; One of (All, Counters, Gauges, Histograms, "
                  "TextReadouts)"),
+        ("histogram_buckets", "Histogram bucket display mode; One of (cumulative, disjoint, "
+                              "detailed, summary)"),
     )),
     Endpoint("/stats/prometheus", "print server stats in prometheus format", "prometheus",
              params=(
@@ -460,6 +473,12 @@ class AdminResource(Resource):
         statType = _param(params, "type") or "All"
         if statType not in STAT_TYPES:
             return self._respond(request, "invalid &type= param\n", code=400)
+        buckets = _param(params, "histogram_buckets") or "none"
+        if buckets == "prometheusnative":
+            return self._respond(
+                request, "Invalid histogram_buckets type for non prometheus stats type", code=400)
+        if buckets not in BUCKET_MODES:
+            return self._respond(request, BUCKETS_USAGE, code=400)
         try:
             pattern = _filterParam(params)
         except re.error as e:
@@ -469,9 +488,9 @@ class AdminResource(Resource):
         self.context.refreshServerGauges()
         usedOnly = "usedonly" in params
         if outputFormat == "json":
-            body = renderJson(self.context.store, pattern, usedOnly, statType)
+            body = renderJson(self.context.store, pattern, usedOnly, statType, buckets)
             return self._respond(request, body, JSON)
-        body = renderText(self.context.store, pattern, usedOnly, statType)
+        body = renderText(self.context.store, pattern, usedOnly, statType, buckets)
         return self._respond(request, body)
 
     def _prometheus(self, request: Request, params: Params) -> bytes:
@@ -479,9 +498,14 @@ class AdminResource(Resource):
         C{/stats/prometheus}: Prometheus text exposition.
         """
         buckets = _param(params, "histogram_buckets") or "cumulative"
-        if buckets not in ("cumulative", "summary"):
-            return self._respond(request, "usage: /stats?histogram_buckets=(cumulative|summary)\n",
+        if buckets in ("detailed", "disjoint"):
+            return self._respond(request, "unsupported prometheus histogram bucket mode",
                                  code=400)
+        if buckets == "prometheusnative":
+            return self._respond(request, "unsupported prometheusnative histogram type when not "
+                                 "using protobuf exposition format", code=400)
+        if buckets not in ("cumulative", "summary", "none"):
+            return self._respond(request, BUCKETS_USAGE, code=400)
         try:
             pattern = _filterParam(params)
         except re.error as e:

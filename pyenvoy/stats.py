@@ -11,7 +11,7 @@ import bisect
 import collections
 import itertools
 import re
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 _UNSAFE = re.compile(r":/?/?")
 
@@ -173,6 +173,12 @@ class Histogram:
             total += count
             out.append((bound, total))
         return out
+
+    def recent(self) -> Iterable[float]:
+        """
+        The most recent values (up to the reservoir's size).
+        """
+        return iter(self._recent)
 
     def quantiles(self) -> list[float] | None:
         """

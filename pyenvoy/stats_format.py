@@ -5,13 +5,14 @@ JSON, and Prometheus text exposition with Envoy's tag extraction.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import re
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterable, Iterator
 
-from pyenvoy.stats import SUPPORTED_QUANTILES, Histogram, Stat, Store
+from pyenvoy.stats import DEFAULT_BUCKETS, SUPPORTED_QUANTILES, Histogram, Stat, Store
 
 #: Envoy's C{?type=} values and the stat kinds each selects.
 STAT_TYPES: dict[str, tuple[str, ...]] = {
@@ -215,13 +216,83 @@ def _quantileSummary(histogram: Histogram) -> str:
                     for q, v in zip(SUPPORTED_QUANTILES, quantiles))
 
 
+#: Envoy's C{/stats?histogram_buckets=} modes for text and JSON (C{none} is
+#: the default, quantiles, as C{summary}).
+BUCKET_MODES = ("cumulative", "disjoint", "detailed", "summary", "none")
+
+
+def _bucketCounts(histogram: Histogram, disjoint: bool) -> list[tuple[float, int]]:
+    """
+    C{(upper bound, count)} per default bucket: values up to the bound
+    (cumulative) or between the previous bound and this one (disjoint).
+    """
+    if disjoint:
+        return list(zip(DEFAULT_BUCKETS, histogram.bucketCounts))
+    return histogram.cumulativeBuckets()
+
+
+def logLinearBins(values: Iterable[float]) -> list[tuple[float, float, int]]:
+    """
+    C{(lower bound, width, count)} of Envoy's detailed buckets (two
+    significant digits: 1 is C{[1, 1.1)}, 150 is C{[150, 160)}, 0 is its own
+    bucket of width 0), in order.
+    """
+    bins: collections.Counter[tuple[int, int]] = collections.Counter()
+    for value in values:
+        if value <= 0:
+            bins[(0, 0)] += 1
+            continue
+        exponent = math.floor(math.log10(value)) - 1
+        mantissa = math.floor(value / _power(exponent))
+        # log10 may round across a power of ten: keep two digits.
+        if mantissa >= 100:
+            mantissa, exponent = math.floor(value / _power(exponent + 1)), exponent + 1
+        elif mantissa < 10:
+            mantissa, exponent = math.floor(value / _power(exponent - 1)), exponent - 1
+        bins[(mantissa, exponent)] += 1
+    out = []
+    for mantissa, exponent in sorted(bins, key=lambda b: b[0] * _power(b[1])):
+        count = bins[(mantissa, exponent)]
+        if mantissa == 0:
+            out.append((0.0, 0.0, count))
+        else:
+            # Divided, not multiplied, for negative exponents: 1.1, not 1.1000000000000001.
+            lower = mantissa * _power(exponent) if exponent >= 0 else mantissa / 10 ** -exponent
+            out.append((lower, _power(exponent), count))
+    return out
+
+
+def _power(exponent: int) -> float:
+    """
+    10 ** exponent, exact for the negative exponents a decimal reads (0.1, 0.01).
+    """
+    return 10.0 ** exponent if exponent >= 0 else 1 / 10 ** -exponent
+
+
+def _histogramText(histogram: Histogram, buckets: str) -> str:
+    if buckets in ("summary", "none") or histogram.count == 0:
+        return " " + _quantileSummary(histogram)
+    if buckets == "detailed":
+        totals = ", ".join(f"{lower:g},{width:g}:{count}"
+                           for lower, width, count in logLinearBins(histogram.recent()))
+        return (f"\n  totals={totals}\n  intervals=\n"
+                f"  summary={_quantileSummary(histogram)}")
+    return " " + " ".join(f"B{bound:g}(0,{count})"
+                          for bound, count in _bucketCounts(histogram, buckets == "disjoint"))
+
+
 def renderText(store: Store, filter: re.Pattern[str] | str | None = None,
-               usedOnly: bool = False, type: str | None = None) -> str:
+               usedOnly: bool = False, type: str | None = None,
+               buckets: str = "summary") -> str:
     """
     Envoy's C{/stats}: C{name: value} lines for counters and gauges sorted
     together by name, then one line per histogram with its quantiles
     (C{P0(nan,1) P25(nan,2.5) ...}; the interval value is always C{nan}
     because pyenvoy keeps no flush intervals) or C{No recorded values}.
+    With C{buckets} C{cumulative} or C{disjoint} a histogram is its
+    default buckets instead (C{B0.5(0,62) B1(0,70) ...}, interval counts 0),
+    with C{detailed} Envoy's three lines (C{totals=} its two-digit buckets,
+    from the most recent values pyenvoy keeps; C{intervals=}; C{summary=}).
 
     @param filter: a regex searched in each name (a partial match keeps
         the stat), as C{?filter=}.
@@ -234,7 +305,7 @@ def renderText(store: Store, filter: re.Pattern[str] | str | None = None,
     histograms = []
     for stat in _select(store, filter, usedOnly, type):
         if isinstance(stat, Histogram):
-            histograms.append(f"{stat.name}: {_quantileSummary(stat)}\n")
+            histograms.append(f"{stat.name}:{_histogramText(stat, buckets)}\n")
         else:
             lines.append(f"{stat.name}: {stat.value}\n")
     return "".join(lines + histograms)
@@ -244,15 +315,45 @@ def _jsonNumber(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _jsonBound(value: float) -> float | int:
+    return int(value) if value == int(value) else value
+
+
+def _histogramJson(histogram: Histogram, buckets: str) -> dict[str, Any]:
+    quantiles = histogram.quantiles() or [math.nan] * len(SUPPORTED_QUANTILES)
+    if buckets == "detailed":
+        return {
+            "name": histogram.name,
+            "totals": [{"lower_bound": _jsonBound(lower), "width": _jsonBound(width),
+                        "count": count}
+                       for lower, width, count in logLinearBins(histogram.recent())],
+            "intervals": [],
+            "percentiles": [{"cumulative": _jsonNumber(v), "interval": None}
+                            for v in quantiles],
+        }
+    if buckets in ("cumulative", "disjoint"):
+        return {"name": histogram.name,
+                "buckets": [{"upper_bound": _jsonBound(bound), "interval": 0, "cumulative": count}
+                            for bound, count in _bucketCounts(histogram, buckets == "disjoint")]}
+    return {"name": histogram.name,
+            "values": [{"interval": None, "cumulative": _jsonNumber(v)} for v in quantiles]}
+
+
 def renderJson(store: Store, filter: re.Pattern[str] | str | None = None,
-               usedOnly: bool = False, type: str | None = None) -> str:
+               usedOnly: bool = False, type: str | None = None,
+               buckets: str = "summary") -> str:
     """
     Envoy's C{/stats?format=json}: C{{"stats": [{"name": ..., "value": ...},
     ..., {"histograms": {"supported_quantiles": [...], "computed_quantiles":
     [{"name": ..., "values": [{"interval": null, "cumulative": x}, ...]}]}}]}}.
 
-    A histogram without values has C{null} cumulative values.  Parameters
-    are those of L{renderText}.
+    A histogram without values has C{null} cumulative values.  With
+    C{buckets} C{cumulative} or C{disjoint}, C{"histograms"} is a list of
+    C{{"name", "buckets": [{"upper_bound", "interval": 0, "cumulative"}]}};
+    with C{detailed}, C{{"supported_percentiles", "details": [{"name",
+    "totals": [{"lower_bound", "width", "count"}], "intervals": [],
+    "percentiles"}]}}, as Envoy's.  Other parameters are those of
+    L{renderText}.
 
     @raise ValueError: for an unknown C{type}.
     """
@@ -260,16 +361,18 @@ def renderJson(store: Store, filter: re.Pattern[str] | str | None = None,
     computed = []
     for stat in _select(store, filter, usedOnly, type):
         if isinstance(stat, Histogram):
-            quantiles = stat.quantiles() or [math.nan] * len(SUPPORTED_QUANTILES)
-            computed.append({
-                "name": stat.name,
-                "values": [{"interval": None, "cumulative": _jsonNumber(v)} for v in quantiles],
-            })
+            computed.append(_histogramJson(stat, buckets))
         else:
             stats.append({"name": stat.name, "value": stat.value})
     if computed:
-        stats.append({"histograms": {"supported_quantiles": list(SUPPORTED_QUANTILES),
-                                     "computed_quantiles": computed}})
+        if buckets in ("cumulative", "disjoint"):
+            stats.append({"histograms": computed})
+        elif buckets == "detailed":
+            stats.append({"histograms": {"supported_percentiles": list(SUPPORTED_QUANTILES),
+                                         "details": computed}})
+        else:
+            stats.append({"histograms": {"supported_quantiles": list(SUPPORTED_QUANTILES),
+                                         "computed_quantiles": computed}})
     return json.dumps({"stats": stats})
 
 

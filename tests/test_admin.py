@@ -200,12 +200,69 @@ class AdminTests(TestCase):
                       '"backend_stats"} 1\n', body)
         families = {f.name: f for f in text_string_to_metric_families(body)}
         self.assertEqual(families["envoy_cluster_upstream_cx_connect_ms"].type, "summary")
-        code, _, body = await self.request("/stats/prometheus?histogram_buckets=detailed")
-        self.assertEqual((code, body),
-                         (400, "usage: /stats?histogram_buckets=(cumulative|summary)\n"))
+        # Envoy 1.40's answers to the modes its Prometheus output lacks.
+        for mode, answer in [
+                ("detailed", "unsupported prometheus histogram bucket mode"),
+                ("disjoint", "unsupported prometheus histogram bucket mode"),
+                ("prometheusnative", "unsupported prometheusnative histogram type when not "
+                                     "using protobuf exposition format"),
+                ("bogus", "usage: /stats?histogram_buckets="
+                          "(cumulative|disjoint|detailed|summary|prometheusnative)\n")]:
+            code, _, body = await self.request(f"/stats/prometheus?histogram_buckets={mode}")
+            self.assertEqual((code, body), (400, answer), mode)
         _, _, body = await self.request("/stats/prometheus?filter=^server%5C.&invert_filter")
         self.assertNotIn("envoy_server_", body)
         self.assertIn("envoy_cluster_", body)
+
+    async def test_statsHistogramBuckets(self) -> None:
+        """
+        C{/stats?histogram_buckets=} in text and JSON, in Envoy 1.40's
+        shapes (recorded from its admin with the same 72 values: 62 zeros,
+        8 ones, 2 twos).
+        """
+        histogram = self.context.store.histogram("cluster.backend_stats.upstream_cx_connect_ms")
+        for value, times in ((0, 62), (1, 8), (2, 2)):
+            histogram.recordMany(value, times)
+        query = "/stats?filter=upstream_cx_connect_ms&histogram_buckets="
+        _, _, body = await self.request(query + "cumulative")
+        self.assertEqual(body, "cluster.backend_stats.upstream_cx_connect_ms: B0.5(0,62) "
+                         "B1(0,70) B5(0,72) B10(0,72) B25(0,72) B50(0,72) B100(0,72) "
+                         "B250(0,72) B500(0,72) B1000(0,72) B2500(0,72) B5000(0,72) "
+                         "B10000(0,72) B30000(0,72) B60000(0,72) B300000(0,72) B600000(0,72) "
+                         "B1.8e+06(0,72) B3.6e+06(0,72)\n")
+        _, _, body = await self.request(query + "disjoint")
+        self.assertTrue(body.startswith(
+            "cluster.backend_stats.upstream_cx_connect_ms: B0.5(0,62) B1(0,8) B5(0,2) B10(0,0) "),
+            body)
+        _, _, body = await self.request(query + "detailed")
+        self.assertEqual(body.splitlines()[:3], [
+            "cluster.backend_stats.upstream_cx_connect_ms:",
+            "  totals=0,0:62, 1,0.1:8, 2,0.1:2",
+            "  intervals="])
+        self.assertTrue(body.splitlines()[3].startswith("  summary=P0(nan,0) P25(nan,0) "))
+        details = (await self.json(query + "detailed&format=json"))["stats"][0]["histograms"]
+        self.assertEqual(details["details"][0]["totals"], [
+            {"lower_bound": 0, "width": 0, "count": 62},
+            {"lower_bound": 1, "width": 0.1, "count": 8},
+            {"lower_bound": 2, "width": 0.1, "count": 2}])
+        self.assertEqual(details["details"][0]["intervals"], [])
+        buckets = (await self.json(query + "cumulative&format=json"))["stats"][0]["histograms"]
+        self.assertEqual(buckets[0]["name"], "cluster.backend_stats.upstream_cx_connect_ms")
+        self.assertEqual(buckets[0]["buckets"][:3], [
+            {"upper_bound": 0.5, "interval": 0, "cumulative": 62},
+            {"upper_bound": 1, "interval": 0, "cumulative": 70},
+            {"upper_bound": 5, "interval": 0, "cumulative": 72}])
+        _, _, body = await self.request(query + "none")
+        self.assertTrue(body.startswith("cluster.backend_stats.upstream_cx_connect_ms: P0(nan,0)"))
+        code, _, body = await self.request(query + "prometheusnative")
+        self.assertEqual((code, body),
+                         (400, "Invalid histogram_buckets type for non prometheus stats type"))
+        code, _, body = await self.request(query + "bogus")
+        self.assertEqual(code, 400)
+        self.assertTrue(body.startswith("usage: /stats?histogram_buckets=(cumulative|"))
+        _, _, body = await self.request(
+            "/stats?filter=upstream_cx_length_ms&histogram_buckets=cumulative")
+        self.assertEqual(body, "cluster.backend_stats.upstream_cx_length_ms: No recorded values\n")
 
     async def test_clustersFilter(self) -> None:
         """

@@ -15,6 +15,7 @@ from pyenvoy.stats import DEFAULT_BUCKETS, SUPPORTED_QUANTILES, Store
 from pyenvoy.stats_format import (
     TAG_EXTRACTORS,
     extractTags,
+    logLinearBins,
     registerTagExtractor,
     renderJson,
     renderPrometheus,
@@ -377,6 +378,34 @@ class PrometheusTests(TestCase):
         text = renderPrometheus(store)
         self.assertEqual(text, "# TYPE envoy_a_b counter\nenvoy_a_b{} 1\n")
         self.assertEqual(list(parsePrometheus(text)), ["envoy_a_b"])
+
+
+class LogLinearBinTests(TestCase):
+    """
+    L{logLinearBins}: Envoy's detailed buckets, two significant digits.
+    """
+
+    def test_bins(self) -> None:
+        """
+        Zero is its own bin; others start at their first two digits and are
+        one unit of the second digit wide, across powers of ten.
+        """
+        values = [0, 0, 1, 1.05, 2, 9.99, 10, 99.9, 150, 155, 999, 1000, 0.013, 1e6]
+        self.assertEqual(logLinearBins(values), [
+            (0.0, 0.0, 2), (0.013, 0.001, 1), (1.0, 0.1, 2), (2.0, 0.1, 1), (9.9, 0.1, 1),
+            (10.0, 1.0, 1), (99.0, 1.0, 1), (150.0, 10.0, 2), (990.0, 10.0, 1),
+            (1000.0, 100.0, 1), (1000000.0, 100000.0, 1)])
+
+    def test_everyValueInItsBin(self) -> None:
+        """
+        Over many magnitudes, each value lies in its bin and the counts add up.
+        """
+        values = [round(1.37 ** n, 3) for n in range(-20, 45)]
+        bins = logLinearBins(values)
+        self.assertEqual(sum(count for _, _, count in bins), len(values))
+        for value in values:
+            self.assertTrue(any(lower <= value < lower + width + 1e-9 * lower
+                                for lower, width, _ in bins), value)
 
 
 class HistogramTests(TestCase):
