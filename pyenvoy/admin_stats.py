@@ -96,10 +96,16 @@ class AdminStats:
         self.accepted = 0
 
     def _add(self, stats: dict[str, Any], names: tuple[str, ...], amount: int) -> None:
+        """
+        Add C{amount} to each of C{names} in C{stats}.
+        """
         for name in names:
             stats[name].value += amount
 
     def connectionOpened(self) -> None:
+        """
+        An admin socket was accepted (an HTTP/1 connection from the start).
+        """
         self.accepted += 1
         self._add(self.listener, ("downstream_cx_total", "downstream_cx_active",
                                   "main_thread.downstream_cx_total",
@@ -108,6 +114,10 @@ class AdminStats:
                               "downstream_cx_http1_total", "downstream_cx_http1_active"), 1)
 
     def connectionClosed(self, lengthMs: int, local: bool, activeRequests: int) -> None:
+        """
+        An admin connection ended after C{lengthMs}, closed by the admin
+        (C{local}) or the client, with C{activeRequests} still unanswered.
+        """
         self._add(self.listener, ("downstream_cx_active", "main_thread.downstream_cx_active"), -1)
         self.listener["downstream_cx_destroy"].value += 1
         self._add(self.http, ("downstream_cx_active", "downstream_cx_http1_active"), -1)
@@ -120,6 +130,9 @@ class AdminStats:
         self.cxLengthHttp.record(lengthMs)
 
     def requestStarted(self) -> None:
+        """
+        A request fully arrived and is being answered.
+        """
         self._add(self.http, ("downstream_rq_total", "downstream_rq_http1_total",
                               "downstream_rq_active"), 1)
 
@@ -168,10 +181,16 @@ class CountedConnection(ProtocolWrapper):
         super().writeSequence(data)
 
     def loseConnection(self) -> None:
+        """
+        The admin closes this connection: a local destroy.
+        """
         self.localClose = True
         super().loseConnection()
 
     def abortConnection(self) -> None:
+        """
+        The admin cuts this connection: a local destroy.
+        """
         self.localClose = True
         self.transport.abortConnection()
 
@@ -200,6 +219,10 @@ class CountedRequest(Request):
     """
 
     def process(self) -> None:
+        """
+        Count the request, and its answer (or its connection's loss) when
+        it comes; then answer it.
+        """
         connection = getattr(self.channel, "transport", None)
         stats: AdminStats | None = getattr(connection, "stats", None)
         if stats is not None:
