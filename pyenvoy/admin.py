@@ -122,6 +122,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                  "TextReadouts)"),
         ("histogram_buckets", "Histogram bucket display mode; One of (cumulative, disjoint, "
                               "detailed, summary)"),
+        ("hidden", "What to do with hidden stats (pyenvoy has none); One of (include, "
+                   "only, exclude)"),
     )),
     Endpoint("/stats/prometheus", "print server stats in prometheus format", "prometheus",
              params=(
@@ -220,6 +222,44 @@ class _Inverted:
         Like C{re.Pattern.search}: C{None} for no match.
         """
         return None if self._pattern.search(name) else True
+
+
+class _Nothing:
+    """
+    A selection that keeps no stat (C{hidden=only}: pyenvoy hides none).
+    """
+
+    def search(self, name: str) -> None:
+        """
+        Like C{re.Pattern.search} finding nothing.
+        """
+        return None
+
+
+class _BadQuery(Exception):
+    """
+    A query Envoy answers with a 400 and this text.
+    """
+
+
+def _statSelection(params: Params) -> Any:
+    """
+    Which stats C{/stats} and C{/stats/prometheus} show: C{filter} (with
+    C{invert_filter}) and C{hidden} (C{include} or C{exclude} show all,
+    as pyenvoy hides no stat; C{only} none), or L{_BadQuery}.
+    """
+    hidden = _param(params, "hidden") or "include"
+    if hidden not in ("include", "exclude", "only"):
+        raise _BadQuery("usage: /stats?hidden=(include|only|exclude)\n\n")
+    if hidden == "only":
+        return _Nothing()
+    try:
+        pattern = _filterParam(params)
+    except re.error as e:
+        raise _BadQuery(f'Invalid regex: "{e}"\n') from None
+    if pattern is not None and "invert_filter" in params:
+        return _Inverted(pattern)
+    return pattern
 
 
 def _filterParam(params: Params) -> re.Pattern[str] | None:
@@ -480,11 +520,9 @@ class AdminResource(Resource):
         if buckets not in BUCKET_MODES:
             return self._respond(request, BUCKETS_USAGE, code=400)
         try:
-            pattern = _filterParam(params)
-        except re.error as e:
-            return self._respond(request, f'Invalid regex: "{e}"\n', code=400)
-        if pattern is not None and "invert_filter" in params:
-            pattern = _Inverted(pattern)
+            pattern = _statSelection(params)
+        except _BadQuery as e:
+            return self._respond(request, str(e), code=400)
         self.context.refreshServerGauges()
         usedOnly = "usedonly" in params
         if outputFormat == "json":
@@ -507,11 +545,9 @@ class AdminResource(Resource):
         if buckets not in ("cumulative", "summary", "none"):
             return self._respond(request, BUCKETS_USAGE, code=400)
         try:
-            pattern = _filterParam(params)
-        except re.error as e:
-            return self._respond(request, f'Invalid regex: "{e}"\n', code=400)
-        if pattern is not None and "invert_filter" in params:
-            pattern = _Inverted(pattern)
+            pattern = _statSelection(params)
+        except _BadQuery as e:
+            return self._respond(request, str(e), code=400)
         self.context.refreshServerGauges()
         return self._respond(request, renderPrometheus(
             self.context.store, "usedonly" in params, pattern, summary=buckets == "summary"))

@@ -264,6 +264,23 @@ class AdminTests(TestCase):
             "/stats?filter=upstream_cx_length_ms&histogram_buckets=cumulative")
         self.assertEqual(body, "cluster.backend_stats.upstream_cx_length_ms: No recorded values\n")
 
+    async def test_statsHidden(self) -> None:
+        """
+        C{hidden=include|exclude} shows every stat (pyenvoy hides none),
+        C{only} none; anything else is Envoy's 400.
+        """
+        for mode in ("include", "exclude"):
+            _, _, body = await self.request(f"/stats?hidden={mode}&filter=server.live")
+            self.assertEqual(body, "server.live: 1\n", mode)
+        _, _, body = await self.request("/stats?hidden=only")
+        self.assertEqual(body, "")
+        self.assertEqual(await self.json("/stats?hidden=only&format=json"), {"stats": []})
+        _, _, body = await self.request("/stats/prometheus?hidden=only")
+        self.assertEqual(body, "")
+        for path in ("/stats?hidden=bogus", "/stats/prometheus?hidden=bogus"):
+            code, _, body = await self.request(path)
+            self.assertEqual((code, body), (400, "usage: /stats?hidden=(include|only|exclude)\n\n"))
+
     async def test_clustersFilter(self) -> None:
         """
         C{/clusters?filter=} keeps the clusters whose name matches.
