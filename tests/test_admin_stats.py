@@ -6,15 +6,15 @@ and what real HTTP requests on 127.0.0.1 do to them.
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import reactor, threads
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from pyenvoy.config import parse
 from pyenvoy.server import Server
 from pyenvoy.stats_format import extractTags
+from tests.support.net import waitFor
 from tests.test_admin import bootstrap
 
 #: Every C{listener.admin.*} and C{http.admin.*} stat Envoy 1.40 creates
@@ -104,17 +104,6 @@ ENVOY_ADMIN_STATS = {
     'listener.admin.main_thread.downstream_cx_total',
     'listener.admin.no_filter_chain_match',
 }
-
-
-async def waitFor(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """
-    Poll C{predicate} every 10 ms until true; fail after C{timeout}.
-    """
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError("condition not reached in time")
 
 
 def exchange(port: int, requests: list[bytes]) -> bytes:

@@ -10,16 +10,15 @@ import os
 import socket
 import struct
 import threading
-from typing import Any, Callable
+from typing import Any
 
 from twisted.internet import reactor, threads
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from pyenvoy.config import parse
 from pyenvoy.server import Server
 from pyenvoy.stats import Counter, Gauge, Histogram, sanitizeName
-from tests.support.net import listenerPort, startServer, stat
+from tests.support.net import listenerPort, startServer, stat, waitFor
 from tests.test_tls_inspector import INSPECTOR_TYPE, Certificates, clientHello, tlsSocket
 
 #: Every stat Envoy creates with a TCP listener (its ALL_LISTENER_STATS,
@@ -33,19 +32,6 @@ EAGER_COUNTERS = (
     "no_filter_chain_match", "extension_config_missing", "network_extension_config_missing",
 )
 EAGER_GAUGES = ("downstream_cx_active", "downstream_pre_cx_active")
-
-
-async def waitFor(predicate: Callable[[], bool], timeout: float = 10.0,
-                  step: float = 0.01) -> None:
-    """
-    Poll C{predicate} on the real reactor until true; fail after C{timeout}.
-    """
-    waited = 0.0
-    while not predicate():
-        if waited >= timeout:
-            raise AssertionError("condition not reached in time")
-        await deferLater(reactor, step, lambda: None)
-        waited += step
 
 
 def inspectedConfig(certs: Certificates, timeout: str = "0.3s") -> dict[str, Any]:

@@ -34,6 +34,7 @@ from tests.support.net import (
     startServer,
     stat,
     tcpProxyConfig,
+    waitFor,
 )
 
 if not relay.ACCELERATED:  # pragma: no cover - make install builds it
@@ -45,17 +46,6 @@ MiB = 1024 * 1024
 COUNTERS = ("tcp.test.downstream_cx_rx_bytes_total", "tcp.test.downstream_cx_tx_bytes_total",
             "cluster.backend.upstream_cx_rx_bytes_total",
             "cluster.backend.upstream_cx_tx_bytes_total")
-
-
-async def waitFor(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    """
-    Poll C{predicate} every 10 ms until true; fail after C{timeout}.
-    """
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        await deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError("condition not reached in time")
 
 
 @implementer(IReadFilter, IWriteFilter)

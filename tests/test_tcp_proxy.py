@@ -29,6 +29,7 @@ from tests.support.net import (
     startServer,
     stat,
     tcpProxyConfig,
+    waitFor,
 )
 
 MiB = 1024 * 1024
@@ -39,18 +40,6 @@ def sleep(seconds: float) -> Deferred:
     A Deferred that fires after C{seconds} on the real reactor.
     """
     return deferLater(reactor, seconds, lambda: None)
-
-
-async def waitFor(predicate, timeout: float = 10.0, step: float = 0.01) -> None:
-    """
-    Poll C{predicate} until true, failing the test after C{timeout}.
-    """
-    waited = 0.0
-    while not predicate():
-        if waited >= timeout:
-            raise AssertionError("condition not reached in time")
-        await sleep(step)
-        waited += step
 
 
 @implementer(IHalfCloseableProtocol)

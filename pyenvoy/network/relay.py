@@ -38,11 +38,29 @@ else:
 ACCELERATED = _relay is not None
 
 
+#: What a L{Hop} field is when a direction has no use for it.
+_UNUSED = dict(manager=None, slow=None, counted=(), readers=(), stopped=None, checkOpen=False,
+               proxy=None, upstream=None, terminal=None, relayed=(), writers=(),
+               checkOpenBeforeSend=False, sent=(), failed=None)
+
+
+def _hop(**fields: Any) -> Any:
+    """
+    A L{Hop} with C{fields} (see C{_relay.c} for each one's meaning), the
+    others unused.
+    """
+    hop = _relay.Hop()
+    for name, value in {**_UNUSED, **fields}.items():
+        setattr(hop, name, value)
+    return hop
+
+
 def installHops(proxy: Any, upstream: Any) -> bool:
     """
     Put a L{Hop} in each direction of C{proxy}'s connection (a
     L{pyenvoy.filters.tcp_proxy.TcpProxyFilter} whose C{upstream} just
-    connected), when both sides are plain TCP read the usual way.
+    connected), when both are TCP transports and the client's bytes reach
+    the filters straight from the socket (no TLS terminated under them).
 
     @return: whether they were installed.
     """
@@ -68,53 +86,41 @@ def installHops(proxy: Any, upstream: Any) -> bool:
         connection._filterFailed(Failure(exception, type(exception), exception.__traceback__))
 
     shared, info = proxy.shared, connection.streamInfo
-
-    toUpstream = _relay.Hop()
-    toUpstream.manager = manager
-    toUpstream.slow = connection._deliver
-    toUpstream.counted = ((info, "bytesReceived"),)
-    toUpstream.readers = tuple((entry, entry.filter.onData) for entry in reads[:-1])
-    toUpstream.stopped = manager.stoppedReading
-    toUpstream.connection = connection
-    # Only the manager's loop checks .open; a lone tcp_proxy is called directly.
-    toUpstream.checkOpen = manager.singleReader() is None
-    toUpstream.proxy = proxy
-    toUpstream.upstream = upstream
-    toUpstream.terminal = proxy.onData
-    toUpstream.relayed = ((shared.downstream_cx_rx_bytes_total, "value"),
-                          (upstream.cluster.stats.upstream_cx_tx_bytes_total, "value"))
-    toUpstream.writers = ()
-    toUpstream.checkOpenBeforeSend = False
-    toUpstream.sent = ()
-    toUpstream.sender = upstream
-    toUpstream.send = upstream._send
-    toUpstream.transport = target
-    toUpstream.failed = failed
-
+    stats = upstream.cluster.stats
+    toUpstream = _hop(
+        manager=manager,
+        slow=connection._deliver,
+        counted=((info, "bytesReceived"),),
+        readers=tuple((entry, entry.filter.onData) for entry in reads[:-1]),
+        stopped=manager.stoppedReading,
+        connection=connection,
+        # Only the manager's loop checks .open; a lone tcp_proxy is called directly.
+        checkOpen=manager.singleReader() is None,
+        proxy=proxy,
+        upstream=upstream,
+        terminal=proxy.onData,
+        relayed=((shared.downstream_cx_rx_bytes_total, "value"),
+                 (stats.upstream_cx_tx_bytes_total, "value")),
+        sender=upstream,
+        send=upstream._send,
+        transport=target,
+        failed=failed,
+    )
     writers = manager._writers
-    toDownstream = _relay.Hop()
-    toDownstream.manager = None
-    toDownstream.slow = None
-    toDownstream.counted = ((upstream.cluster.stats.upstream_cx_rx_bytes_total, "value"),
-                            (shared.downstream_cx_tx_bytes_total, "value"))
-    toDownstream.readers = ()
-    toDownstream.stopped = None
-    toDownstream.connection = connection
-    toDownstream.checkOpen = False
-    toDownstream.proxy = None
-    toDownstream.upstream = None
-    toDownstream.terminal = None
-    toDownstream.relayed = ()
-    toDownstream.writers = writers
-    toDownstream.checkOpenBeforeSend = True
-    toDownstream.sent = ((info, "bytesSent"),)
-    toDownstream.sender = connection
-    toDownstream.send = connection._send
-    toDownstream.transport = downstream
-    # Connection.write contains a write filter's exception; without write
-    # filters it is _output, which does not.
-    toDownstream.failed = failed if writers else None
-
+    toDownstream = _hop(
+        counted=((stats.upstream_cx_rx_bytes_total, "value"),
+                 (shared.downstream_cx_tx_bytes_total, "value")),
+        connection=connection,
+        writers=writers,
+        checkOpenBeforeSend=True,
+        sent=((info, "bytesSent"),),
+        sender=connection,
+        send=connection._send,
+        transport=downstream,
+        # Connection.write contains a write filter's exception; without write
+        # filters it is _output, which does not.
+        failed=failed if writers else None,
+    )
     connection.dataReceived = toUpstream
     protocol.dataReceived = toDownstream
     return True

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
@@ -185,6 +186,20 @@ async def connect(port: int, client: Client | None = None) -> Client:
     client = client or Client()
     await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
     return client
+
+
+async def waitFor(predicate: Callable[[], Any], timeout: float = 10.0,
+                  step: float = 0.01) -> None:
+    """
+    Poll C{predicate} on the real reactor every C{step} seconds until it is
+    true; fail the test after C{timeout}.
+    """
+    waited = 0.0
+    while not predicate():
+        if waited >= timeout:
+            raise AssertionError("condition not reached in time")
+        await deferLater(reactor, step, lambda: None)
+        waited += step
 
 
 def stat(server: Server, name: str) -> int:
